@@ -1,0 +1,78 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// IPIPMode says when traffic between pods of a pool is IP-in-IP encapsulated.
+// +kubebuilder:validation:Enum=Always;CrossSubnet;Never
+type IPIPMode string
+
+const (
+	// IPIPModeAlways encapsulates all traffic to pods on other nodes.
+	IPIPModeAlways IPIPMode = "Always"
+	// IPIPModeCrossSubnet encapsulates only traffic to nodes on another
+	// underlay subnet; peers on the same subnet are routed directly.
+	IPIPModeCrossSubnet IPIPMode = "CrossSubnet"
+	// IPIPModeNever never encapsulates: the underlay must route pod addresses.
+	IPIPModeNever IPIPMode = "Never"
+)
+
+// IPPoolSpec is a range of pod addresses and how traffic between them travels.
+type IPPoolSpec struct {
+	// CIDR is the IPv4 range pod addresses are taken from, e.g. 192.168.0.0/16.
+	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self).ip().family() == 4",message="cidr must be an IPv4 CIDR such as 192.168.0.0/16"
+	// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self).masked() == cidr(self)",message="cidr must be a network address: its host bits must be zero (192.168.0.0/16, not 192.168.1.0/16)"
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="cidr is immutable: create a new pool instead"
+	CIDR string `json:"cidr"`
+
+	// BlockSize is the prefix length of the blocks nodes claim from the pool.
+	// +kubebuilder:validation:Minimum=20
+	// +kubebuilder:validation:Maximum=32
+	// +kubebuilder:default=26
+	// +optional
+	BlockSize int `json:"blockSize,omitempty"`
+
+	// IPIPMode says when traffic between pods on different nodes is encapsulated.
+	// +kubebuilder:default=Always
+	// +optional
+	IPIPMode IPIPMode `json:"ipipMode,omitempty"`
+
+	// NATOutgoing masquerades pod traffic to destinations outside every pool
+	// behind the node's address.
+	// +optional
+	NATOutgoing bool `json:"natOutgoing,omitempty"`
+
+	// Disabled stops new allocations from the pool; existing ones stay.
+	// +optional
+	Disabled bool `json:"disabled,omitempty"`
+}
+
+// IPPool is a cluster-wide range of pod addresses.
+//
+// +genclient
+// +genclient:nonNamespaced
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=ippool
+// +kubebuilder:printcolumn:name="CIDR",type=string,JSONPath=`.spec.cidr`
+// +kubebuilder:printcolumn:name="BLOCKSIZE",type=integer,JSONPath=`.spec.blockSize`
+// +kubebuilder:printcolumn:name="IPIP",type=string,JSONPath=`.spec.ipipMode`
+// +kubebuilder:printcolumn:name="NAT",type=boolean,JSONPath=`.spec.natOutgoing`
+// +kubebuilder:printcolumn:name="DISABLED",type=boolean,JSONPath=`.spec.disabled`
+// +kubebuilder:printcolumn:name="AGE",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="!isCIDR(self.spec.cidr) || !has(self.spec.blockSize) || self.spec.blockSize >= cidr(self.spec.cidr).prefixLength()",message="blockSize must not be shorter than the pool's prefix length"
+type IPPool struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec IPPoolSpec `json:"spec"`
+}
+
+// IPPoolList is a list of IPPools.
+//
+// +kubebuilder:object:root=true
+type IPPoolList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []IPPool `json:"items"`
+}

@@ -1,0 +1,138 @@
+package ipam
+
+import (
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"github.com/calyx-net/calyx/api/v1alpha1"
+)
+
+// BlockName is the object name of the block with the given CIDR:
+// 192.168.29.64/26 → 192-168-29-64-26.
+func BlockName(cidr netip.Prefix) string {
+	return strings.NewReplacer(".", "-", "/", "-").Replace(cidr.String())
+}
+
+// blockSize is the number of addresses in a block.
+func blockSize(cidr netip.Prefix) int {
+	return 1 << (32 - cidr.Bits())
+}
+
+// addrAt is the address at ordinal o of the block.
+func addrAt(cidr netip.Prefix, o int) netip.Addr {
+	b := cidr.Addr().As4()
+	n := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	n += uint32(o)
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+}
+
+// ordinalOf is the offset of addr in the block, or -1 when it is outside.
+func ordinalOf(cidr netip.Prefix, addr netip.Addr) int {
+	if !addr.Is4() || !cidr.Contains(addr) {
+		return -1
+	}
+	a, b := addr.As4(), cidr.Addr().As4()
+	return int((uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])) -
+		(uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])))
+}
+
+// parseBlock reads a block's CIDR, which the API server validated.
+func parseBlock(b *v1alpha1.IPAMBlock) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(b.Spec.CIDR)
+	if err != nil || !p.Addr().Is4() {
+		return netip.Prefix{}, fmt.Errorf("block %s has an invalid cidr %q", b.Name, b.Spec.CIDR)
+	}
+	return p, nil
+}
+
+// assignInBlock records a new allocation at the lowest free ordinal and
+// updates the counts. It changes b only when it returns ok.
+func assignInBlock(b *v1alpha1.IPAMBlock, a v1alpha1.Allocation) (netip.Addr, bool, error) {
+	cidr, err := parseBlock(b)
+	if err != nil {
+		return netip.Addr{}, false, err
+	}
+	used := make(map[int]bool, len(b.Spec.Allocations))
+	for _, x := range b.Spec.Allocations {
+		used[x.Ordinal] = true
+	}
+	for o := 0; o < blockSize(cidr); o++ {
+		if used[o] {
+			continue
+		}
+		a.Ordinal = o
+		b.Spec.Allocations = append(b.Spec.Allocations, a)
+		sort.Slice(b.Spec.Allocations, func(i, j int) bool { return b.Spec.Allocations[i].Ordinal < b.Spec.Allocations[j].Ordinal })
+		setCounts(b, cidr)
+		return addrAt(cidr, o), true, nil
+	}
+	return netip.Addr{}, false, nil
+}
+
+// releaseInBlock removes the handle's allocations and returns their addresses.
+func releaseInBlock(b *v1alpha1.IPAMBlock, handle string) ([]netip.Addr, error) {
+	cidr, err := parseBlock(b)
+	if err != nil {
+		return nil, err
+	}
+	var released []netip.Addr
+	kept := b.Spec.Allocations[:0:0]
+	for _, x := range b.Spec.Allocations {
+		if x.Handle == handle {
+			released = append(released, addrAt(cidr, x.Ordinal))
+			continue
+		}
+		kept = append(kept, x)
+	}
+	b.Spec.Allocations = kept
+	setCounts(b, cidr)
+	return released, nil
+}
+
+// allocationsOf lists the handle's addresses in the block.
+func allocationsOf(b *v1alpha1.IPAMBlock, handle string) []netip.Addr {
+	cidr, err := parseBlock(b)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, x := range b.Spec.Allocations {
+		if x.Handle == handle {
+			out = append(out, addrAt(cidr, x.Ordinal))
+		}
+	}
+	return out
+}
+
+func setCounts(b *v1alpha1.IPAMBlock, cidr netip.Prefix) {
+	b.Status.Used = len(b.Spec.Allocations)
+	b.Status.Free = blockSize(cidr) - b.Status.Used
+}
+
+// newBlock is the object a node creates to claim cidr.
+func newBlock(cidr netip.Prefix, pool, node string) *v1alpha1.IPAMBlock {
+	b := &v1alpha1.IPAMBlock{}
+	b.Name = BlockName(cidr)
+	b.Labels = map[string]string{LabelNode: node, LabelPool: pool}
+	b.Spec = v1alpha1.IPAMBlockSpec{CIDR: cidr.String(), Node: node, Pool: pool}
+	setCounts(b, cidr)
+	return b
+}
+
+// poolBlocks enumerates the block CIDRs of a pool, starting at an offset
+// derived from the node's name: nodes claiming at the same time then mostly
+// try different blocks instead of racing for the first one.
+func poolBlocks(pool netip.Prefix, size int, node string) []netip.Prefix {
+	n := 1 << (size - pool.Bits())
+	h := fnv.New32a()
+	h.Write([]byte(node))
+	start := int(h.Sum32() % uint32(n))
+	out := make([]netip.Prefix, 0, n)
+	for i := 0; i < n; i++ {
+		out = append(out, netip.PrefixFrom(addrAt(pool, ((start+i)%n)<<(32-size)), size))
+	}
+	return out
+}

@@ -1,0 +1,416 @@
+// Package controlplane runs a real Kubernetes control plane for calyx's tests
+// and lab: etcd in-process (go.etcd.io/etcd/server/v3/embed) and the real
+// kube-apiserver binary, with certificates, a service-account key, RBAC, an
+// admin credential and calyx's CRDs installed.
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/calyx-net/calyx/deploy"
+	"github.com/calyx-net/calyx/lab/kubebin"
+)
+
+// Options tune the control plane; the zero value serves tests.
+type Options struct {
+	// Dir holds etcd's data, the certificates, logs and the kubeconfig.
+	// Empty means a new temporary directory, removed by Stop.
+	Dir string
+	// BindAddress is where kube-apiserver listens; default 127.0.0.1.
+	BindAddress string
+	// AdvertiseAddress is the address kube-apiserver publishes for the
+	// kubernetes Service. It is required inside a network namespace without
+	// a default route, where kube-apiserver cannot pick one itself.
+	AdvertiseAddress string
+	// Port is kube-apiserver's secure port; 0 picks a free one.
+	Port int
+	// Progress receives what a person waiting should see: the first-run
+	// build of kube-apiserver and the steps of start-up.
+	Progress io.Writer
+	// Logger receives diagnostics; default discards them.
+	Logger *slog.Logger
+	// StartTimeout bounds the wait for kube-apiserver to become ready.
+	StartTimeout time.Duration
+}
+
+// ControlPlane is a running etcd + kube-apiserver.
+type ControlPlane struct {
+	// Config is an admin client configuration.
+	Config *rest.Config
+	// Kubeconfig is the path of an admin kubeconfig file.
+	Kubeconfig string
+	// Dir holds every file the control plane made.
+	Dir string
+	// URL is kube-apiserver's address.
+	URL string
+	// Version is the Kubernetes version of kube-apiserver.
+	Version string
+
+	etcd      *embed.Etcd
+	etcdURL   string
+	apiserver *exec.Cmd
+	exited    chan struct{}
+	removeDir bool
+	log       *slog.Logger
+}
+
+// Start starts etcd and kube-apiserver and installs the CRDs. The caller must
+// call Stop, which also removes the files Start made.
+func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
+	if opts.Progress == nil {
+		opts.Progress = io.Discard
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.BindAddress == "" {
+		opts.BindAddress = "127.0.0.1"
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 60 * time.Second
+	}
+	bin, err := kubebin.Ensure(ctx, "kube-apiserver", opts.Progress)
+	if err != nil {
+		return nil, err
+	}
+
+	cp := &ControlPlane{Dir: opts.Dir, log: opts.Logger, exited: make(chan struct{})}
+	if cp.Dir == "" {
+		if cp.Dir, err = os.MkdirTemp("", "calyx-cp-"); err != nil {
+			return nil, fmt.Errorf("creating the control plane's dir: %w", err)
+		}
+		cp.removeDir = true
+	} else if err := os.MkdirAll(cp.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", cp.Dir, err)
+	}
+	defer func() {
+		if err != nil {
+			cp.Stop()
+		}
+	}()
+
+	if err := cp.startEtcd(); err != nil {
+		return nil, err
+	}
+
+	var ips []net.IP
+	for _, a := range []string{opts.BindAddress, opts.AdvertiseAddress} {
+		if ip := net.ParseIP(a); ip != nil && !ip.IsUnspecified() {
+			ips = append(ips, ip)
+		}
+	}
+	pki, err := newPKI(cp.Dir, ips)
+	if err != nil {
+		return nil, fmt.Errorf("creating certificates: %w", err)
+	}
+
+	port := opts.Port
+	if port == 0 {
+		if port, err = freePort(opts.BindAddress); err != nil {
+			return nil, err
+		}
+	}
+	host := opts.BindAddress
+	if net.ParseIP(host).IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	if opts.AdvertiseAddress != "" {
+		host = opts.AdvertiseAddress
+	}
+	cp.URL = "https://" + net.JoinHostPort(host, strconv.Itoa(port))
+
+	start := time.Now()
+	if err := cp.startAPIServer(bin, pki, opts, port); err != nil {
+		return nil, err
+	}
+	cp.Config = &rest.Config{
+		Host: cp.URL,
+		TLSClientConfig: rest.TLSClientConfig{
+			CAData:   pki.caPEM,
+			CertData: pki.adminCertPEM,
+			KeyData:  pki.adminKeyPEM,
+		},
+		QPS:   -1, // tests create objects in bursts; no client-side throttling
+		Burst: -1,
+	}
+	if err := cp.waitReady(ctx, opts.StartTimeout); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(opts.Progress, "kube-apiserver %s ready at %s after %s\n", cp.Version, cp.URL, time.Since(start).Round(time.Millisecond))
+
+	if err := installCRDs(ctx, cp.Config); err != nil {
+		return nil, err
+	}
+	cp.Kubeconfig = filepath.Join(cp.Dir, "kubeconfig")
+	if err := writeKubeconfig(cp.Kubeconfig, cp.URL, pki); err != nil {
+		return nil, err
+	}
+	return cp, nil
+}
+
+func (cp *ControlPlane) startEtcd() error {
+	// Free ports are picked by listening and closing, so another process can
+	// take one in between; a retry with new ports covers that race.
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		if err = cp.tryStartEtcd(); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+			return err
+		}
+	}
+	return err
+}
+
+func (cp *ControlPlane) tryStartEtcd() error {
+	clientPort, err := freePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	peerPort, err := freePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = "calyx"
+	cfg.Dir = filepath.Join(cp.Dir, "etcd")
+	cfg.LogLevel = "error"
+	cfg.LogOutputs = []string{filepath.Join(cp.Dir, "etcd.log")}
+	client := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(clientPort))}
+	peer := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort))}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return fmt.Errorf("starting etcd in %s: %w", cfg.Dir, err)
+	}
+	cp.etcd = e
+	cp.etcdURL = client.String()
+	select {
+	case <-e.Server.ReadyNotify():
+		return nil
+	case err := <-e.Err():
+		return fmt.Errorf("etcd failed: %w", err)
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("etcd not ready after 30s: see %s", cfg.LogOutputs[0])
+	}
+}
+
+func (cp *ControlPlane) startAPIServer(bin string, pki *pki, opts Options, port int) error {
+	args := []string{
+		"--etcd-servers=" + cp.etcdURL,
+		"--bind-address=" + opts.BindAddress,
+		"--secure-port=" + strconv.Itoa(port),
+		"--cert-dir=" + filepath.Join(cp.Dir, "certs"),
+		"--tls-cert-file=" + pki.ServingCert,
+		"--tls-private-key-file=" + pki.ServingKey,
+		"--client-ca-file=" + pki.CACert,
+		"--service-account-key-file=" + pki.SAPub,
+		"--service-account-signing-key-file=" + pki.SAKey,
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--authorization-mode=RBAC",
+		"--service-cluster-ip-range=10.96.0.0/12",
+		"--allow-privileged=true",
+		"--profiling=false",
+	}
+	if opts.AdvertiseAddress != "" {
+		args = append(args, "--advertise-address="+opts.AdvertiseAddress)
+	}
+	logPath := filepath.Join(cp.Dir, "kube-apiserver.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// If the test binary or the lab dies without Stop, the kernel ends
+	// kube-apiserver too instead of leaving it behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return fmt.Errorf("starting %s: %w", bin, err)
+	}
+	cp.apiserver = cmd
+	go func() {
+		cmd.Wait()
+		logFile.Close()
+		close(cp.exited)
+	}()
+	cp.log.Info("kube-apiserver started", "pid", cmd.Process.Pid, "url", cp.URL, "log", logPath)
+	return nil
+}
+
+func (cp *ControlPlane) waitReady(ctx context.Context, timeout time.Duration) error {
+	cs, err := kubernetes.NewForConfig(cp.Config)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		body, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		if err == nil {
+			v, err := cs.Discovery().ServerVersion()
+			if err == nil {
+				cp.Version = v.GitVersion
+				return nil
+			}
+			last = err
+		} else {
+			last = fmt.Errorf("%w: %s", err, strings.TrimSpace(string(body)))
+		}
+		select {
+		case <-cp.exited:
+			return fmt.Errorf("kube-apiserver exited during start-up: %s", cp.logTail())
+		case <-ctx.Done():
+			return fmt.Errorf("kube-apiserver not ready after %s (last: %v): %s", timeout, last, cp.logTail())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// logTail is the end of kube-apiserver's log, for errors that must say why.
+func (cp *ControlPlane) logTail() string {
+	b, _ := os.ReadFile(filepath.Join(cp.Dir, "kube-apiserver.log"))
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return "last lines of kube-apiserver.log:\n" + strings.Join(lines, "\n")
+}
+
+var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+// installCRDs applies calyx's CRDs and waits until they are served.
+func installCRDs(ctx context.Context, cfg *rest.Config) error {
+	dc, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	files, err := fs.Glob(deploy.CRDs, "crds/*.yaml")
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, f := range files {
+		data, err := deploy.CRDs.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		obj := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal(data, &obj.Object); err != nil {
+			return fmt.Errorf("parsing %s: %w", f, err)
+		}
+		if _, err := dc.Resource(crdGVR).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("installing %s: %w", f, err)
+		}
+		names = append(names, obj.GetName())
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, name := range names {
+		for {
+			obj, err := dc.Resource(crdGVR).Get(ctx, name, metav1.GetOptions{})
+			if err == nil && crdEstablished(obj) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("CRD %s not established after 30s", name)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+func crdEstablished(obj *unstructured.Unstructured) bool {
+	conds, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
+	for _, c := range conds {
+		m, _ := c.(map[string]any)
+		if m["type"] == "Established" && m["status"] == "True" {
+			return true
+		}
+	}
+	return false
+}
+
+func writeKubeconfig(path, server string, p *pki) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["calyx"] = &clientcmdapi.Cluster{Server: server, CertificateAuthority: p.CACert}
+	cfg.AuthInfos["calyx-admin"] = &clientcmdapi.AuthInfo{ClientCertificate: p.AdminCert, ClientKey: p.AdminKey}
+	cfg.Contexts["calyx"] = &clientcmdapi.Context{Cluster: "calyx", AuthInfo: "calyx-admin"}
+	cfg.CurrentContext = "calyx"
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		return fmt.Errorf("writing the kubeconfig: %w", err)
+	}
+	return nil
+}
+
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port on %s: %w", host, err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// APIServerPID is kube-apiserver's process ID, or 0 when it is not running.
+func (cp *ControlPlane) APIServerPID() int {
+	if cp.apiserver == nil || cp.apiserver.Process == nil {
+		return 0
+	}
+	return cp.apiserver.Process.Pid
+}
+
+// Stop ends kube-apiserver and etcd and removes the files Start made in a
+// temporary directory. It is safe to call more than once.
+func (cp *ControlPlane) Stop() error {
+	var errs []error
+	if cp.apiserver != nil && cp.apiserver.Process != nil {
+		cp.apiserver.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-cp.exited:
+		case <-time.After(10 * time.Second):
+			cp.apiserver.Process.Kill()
+			<-cp.exited
+		}
+		cp.apiserver = nil
+	}
+	if cp.etcd != nil {
+		cp.etcd.Close()
+		cp.etcd = nil
+	}
+	if cp.removeDir && cp.Dir != "" {
+		if err := os.RemoveAll(cp.Dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,223 @@
+// Package kubebin provides the Kubernetes binaries calyx's tests and lab run
+// for real. They are built from the k8s.io/kubernetes module pinned in the
+// tools module (hack/tools), once, and cached outside the repository under a
+// name that carries the version, so a pin change builds afresh.
+package kubebin
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// ToolsDirEnv overrides where the tools module is looked for.
+const ToolsDirEnv = "CALYX_TOOLS_DIR"
+
+// CacheDir is where built binaries are kept:
+// ${XDG_CACHE_HOME:-$HOME/.cache}/calyx.
+func CacheDir() (string, error) {
+	base := os.Getenv("XDG_CACHE_HOME")
+	if base == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("finding the cache dir: set XDG_CACHE_HOME or HOME: %w", err)
+		}
+		base = filepath.Join(home, ".cache")
+	}
+	return filepath.Join(base, "calyx"), nil
+}
+
+// ToolsDir finds the tools module: $CALYX_TOOLS_DIR, else hack/tools in the
+// first parent of the working directory or of the executable that has one.
+func ToolsDir() (string, error) {
+	if d := os.Getenv(ToolsDirEnv); d != "" {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err != nil {
+			return "", fmt.Errorf("%s=%s has no go.mod: point it at calyx's hack/tools: %w", ToolsDirEnv, d, err)
+		}
+		return d, nil
+	}
+	var starts []string
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
+	}
+	if exe, err := os.Executable(); err == nil {
+		starts = append(starts, filepath.Dir(exe))
+	}
+	for _, dir := range starts {
+		for {
+			cand := filepath.Join(dir, "hack", "tools")
+			if _, err := os.Stat(filepath.Join(cand, "go.mod")); err == nil {
+				return cand, nil
+			}
+			parent := filepath.Dir(dir)
+			if parent == dir {
+				break
+			}
+			dir = parent
+		}
+	}
+	return "", fmt.Errorf("cannot find calyx's hack/tools module from %v: run from inside the calyx checkout or set %s", starts, ToolsDirEnv)
+}
+
+var versionRE = regexp.MustCompile(`(?m)^\s*(?:require\s+)?k8s\.io/kubernetes\s+(v\S+)`)
+
+// Version is the k8s.io/kubernetes version the tools module pins.
+func Version(toolsDir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(toolsDir, "go.mod"))
+	if err != nil {
+		return "", fmt.Errorf("reading the tools module: %w", err)
+	}
+	m := versionRE.FindSubmatch(b)
+	if m == nil {
+		return "", fmt.Errorf("%s/go.mod does not require k8s.io/kubernetes", toolsDir)
+	}
+	return string(m[1]), nil
+}
+
+// Ensure returns the path of the named binary (kube-apiserver, kube-proxy,
+// kube-controller-manager), building it first if the cache lacks it. Builds
+// take minutes, so it says so on progress and reports how far it is.
+// Concurrent callers, in this process or others, build it once.
+func Ensure(ctx context.Context, name string, progress io.Writer) (string, error) {
+	if progress == nil {
+		progress = io.Discard
+	}
+	tools, err := ToolsDir()
+	if err != nil {
+		return "", err
+	}
+	version, err := Version(tools)
+	if err != nil {
+		return "", err
+	}
+	cache, err := CacheDir()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(cache, name+"-"+version)
+	if isExecutable(bin) {
+		return bin, nil
+	}
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		return "", fmt.Errorf("creating the cache dir: %w", err)
+	}
+	// An exclusive lock: a second test package waits for the first build
+	// instead of starting another one that would need as much memory again.
+	lock, err := os.OpenFile(filepath.Join(cache, ".build.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("opening the build lock: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return "", fmt.Errorf("locking %s: %w", lock.Name(), err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	if isExecutable(bin) {
+		return bin, nil
+	}
+	if err := build(ctx, tools, name, version, bin, progress); err != nil {
+		return "", err
+	}
+	return bin, nil
+}
+
+func isExecutable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// ldflags stamp the version into the binary so that /version and
+// `kubectl version` report what it really is.
+func ldflags(version string) string {
+	major, minor := "", ""
+	if parts := strings.SplitN(strings.TrimPrefix(version, "v"), ".", 3); len(parts) >= 2 {
+		major, minor = parts[0], parts[1]
+	}
+	flags := []string{"-s", "-w"}
+	for _, pkg := range []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"} {
+		flags = append(flags,
+			"-X", pkg+".gitVersion="+version,
+			"-X", pkg+".gitMajor="+major,
+			"-X", pkg+".gitMinor="+minor,
+			"-X", pkg+".gitTreeState=clean",
+		)
+	}
+	return strings.Join(flags, " ")
+}
+
+func build(ctx context.Context, tools, name, version, bin string, progress io.Writer) error {
+	pkg := "k8s.io/kubernetes/cmd/" + name
+	start := time.Now()
+	fmt.Fprintf(progress, "building %s %s from %s: first run only, it takes a few minutes and ~3 GB of memory; cached as %s\n", name, version, tools, bin)
+
+	// The number of packages to compile gives the progress a denominator.
+	list := exec.CommandContext(ctx, "go", "list", "-deps", pkg)
+	list.Dir = tools
+	var listErr bytes.Buffer
+	list.Stderr = &listErr
+	out, err := list.Output()
+	if err != nil {
+		return fmt.Errorf("listing %s's packages (is the Go module proxy reachable?): %w\n%s", pkg, err, listErr.String())
+	}
+	total := bytes.Count(out, []byte("\n"))
+
+	tmp := bin + ".tmp"
+	cmd := exec.CommandContext(ctx, "go", "build", "-v", "-trimpath", "-ldflags", ldflags(version), "-o", tmp, pkg)
+	cmd.Dir = tools
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting go build: %w", err)
+	}
+	// `go build -v` names each package as it compiles it: count them.
+	var compiled atomic.Int64
+	var tail []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			compiled.Add(1)
+			tail = append(tail, sc.Text())
+			if len(tail) > 30 {
+				tail = tail[1:]
+			}
+		}
+	}()
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	waitErr := make(chan error, 1)
+	go func() { <-done; waitErr <- cmd.Wait() }()
+	for {
+		select {
+		case <-tick.C:
+			fmt.Fprintf(progress, "  %s: compiled %d of ~%d packages (%s)\n", name, compiled.Load(), total, time.Since(start).Round(time.Second))
+		case err := <-waitErr:
+			if err != nil {
+				os.Remove(tmp)
+				return fmt.Errorf("building %s failed: %w\n%s", name, err, strings.Join(tail, "\n"))
+			}
+			if err := os.Rename(tmp, bin); err != nil {
+				return fmt.Errorf("caching %s: %w", name, err)
+			}
+			fmt.Fprintf(progress, "built %s %s in %s\n", name, version, time.Since(start).Round(time.Second))
+			return nil
+		case <-ctx.Done():
+			<-waitErr
+			os.Remove(tmp)
+			return fmt.Errorf("building %s: %w", name, ctx.Err())
+		}
+	}
+}
