@@ -122,17 +122,25 @@ func newBlock(cidr netip.Prefix, pool, node string) *v1alpha1.IPAMBlock {
 	return b
 }
 
-// poolBlocks enumerates the block CIDRs of a pool, starting at an offset
-// derived from the node's name: nodes claiming at the same time then mostly
-// try different blocks instead of racing for the first one.
-func poolBlocks(pool netip.Prefix, size int, node string) []netip.Prefix {
+// blockCursor enumerates the block CIDRs of a pool lazily (a /8 pool of
+// /32 blocks has 16M), starting at an offset derived from the node's name:
+// nodes claiming at the same time then mostly try different blocks instead
+// of racing for the same first one.
+type blockCursor struct {
+	pool  netip.Prefix
+	size  int
+	n     int
+	start int
+}
+
+func newBlockCursor(pool netip.Prefix, size int, node string) blockCursor {
 	n := 1 << (size - pool.Bits())
 	h := fnv.New32a()
 	h.Write([]byte(node))
-	start := int(h.Sum32() % uint32(n))
-	out := make([]netip.Prefix, 0, n)
-	for i := 0; i < n; i++ {
-		out = append(out, netip.PrefixFrom(addrAt(pool, ((start+i)%n)<<(32-size)), size))
-	}
-	return out
+	return blockCursor{pool: pool, size: size, n: n, start: int(h.Sum32() % uint32(n))}
+}
+
+// at is the i-th block in the cursor's order, 0 <= i < n.
+func (c blockCursor) at(i int) netip.Prefix {
+	return netip.PrefixFrom(addrAt(c.pool, ((c.start+i)%c.n)<<(32-c.size)), c.size)
 }

@@ -30,6 +30,7 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 		&IPPool{}, &IPPoolList{},
 		&IPAMBlock{}, &IPAMBlockList{},
 		&IPAMHandle{}, &IPAMHandleList{},
+		&IPAMAffinity{}, &IPAMAffinityList{},
 	)
 	metav1.AddToGroupVersion(scheme, SchemeGroupVersion)
 	return nil

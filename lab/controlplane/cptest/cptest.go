@@ -22,9 +22,11 @@ func Start(t testing.TB) *controlplane.ControlPlane {
 		t.Fatalf("starting the control plane: %v", err)
 	}
 	t.Cleanup(func() {
+		begin := time.Now()
 		if err := cp.Stop(); err != nil {
 			t.Errorf("stopping the control plane: %v", err)
 		}
+		t.Logf("control plane stopped in %s", time.Since(begin).Round(time.Millisecond))
 	})
 	t.Logf("control plane %s started in %s (%s)", cp.Version, time.Since(begin).Round(time.Millisecond), cp.URL)
 	return cp

@@ -39,6 +39,8 @@ func (f *genericInformer) Lister() cache.GenericLister {
 func (f *sharedInformerFactory) ForResource(resource schema.GroupVersionResource) (GenericInformer, error) {
 	switch resource {
 	// Group=calyx.dev, Version=v1alpha1
+	case v1alpha1.SchemeGroupVersion.WithResource("ipamaffinities"):
+		return &genericInformer{resource: resource.GroupResource(), informer: f.Calyx().V1alpha1().IPAMAffinities().Informer()}, nil
 	case v1alpha1.SchemeGroupVersion.WithResource("ipamblocks"):
 		return &genericInformer{resource: resource.GroupResource(), informer: f.Calyx().V1alpha1().IPAMBlocks().Informer()}, nil
 	case v1alpha1.SchemeGroupVersion.WithResource("ipamhandles"):

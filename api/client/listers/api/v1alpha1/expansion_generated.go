@@ -4,6 +4,10 @@
 
 package v1alpha1
 
+// IPAMAffinityListerExpansion allows custom methods to be added to
+// IPAMAffinityLister.
+type IPAMAffinityListerExpansion interface{}
+
 // IPAMBlockListerExpansion allows custom methods to be added to
 // IPAMBlockLister.
 type IPAMBlockListerExpansion interface{}

@@ -10,6 +10,8 @@ import (
 
 // Interface provides access to all the informers in this group version.
 type Interface interface {
+	// IPAMAffinities returns a IPAMAffinityInformer.
+	IPAMAffinities() TypedIPAMAffinityInformer
 	// IPAMBlocks returns a IPAMBlockInformer.
 	IPAMBlocks() TypedIPAMBlockInformer
 	// IPAMHandles returns a IPAMHandleInformer.
@@ -27,6 +29,11 @@ type version struct {
 // New returns a new Interface.
 func New(f internalinterfaces.SharedInformerFactory, namespace string, tweakListOptions internalinterfaces.TweakListOptionsFunc) Interface {
 	return &version{factory: f, namespace: namespace, tweakListOptions: tweakListOptions}
+}
+
+// IPAMAffinities returns a TypedIPAMAffinityInformer.
+func (v *version) IPAMAffinities() TypedIPAMAffinityInformer {
+	return &iPAMAffinityInformer{factory: v.factory, tweakListOptions: v.tweakListOptions}
 }
 
 // IPAMBlocks returns a TypedIPAMBlockInformer.

@@ -14,6 +14,7 @@ import (
 
 type CalyxV1alpha1Interface interface {
 	RESTClient() rest.Interface
+	IPAMAffinitiesGetter
 	IPAMBlocksGetter
 	IPAMHandlesGetter
 	IPPoolsGetter
@@ -22,6 +23,10 @@ type CalyxV1alpha1Interface interface {
 // CalyxV1alpha1Client is used to interact with features provided by the calyx.dev group.
 type CalyxV1alpha1Client struct {
 	restClient rest.Interface
+}
+
+func (c *CalyxV1alpha1Client) IPAMAffinities() IPAMAffinityInterface {
+	return newIPAMAffinities(c)
 }
 
 func (c *CalyxV1alpha1Client) IPAMBlocks() IPAMBlockInterface {

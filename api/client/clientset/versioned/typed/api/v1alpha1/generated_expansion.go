@@ -4,6 +4,8 @@
 
 package v1alpha1
 
+type IPAMAffinityExpansion interface{}
+
 type IPAMBlockExpansion interface{}
 
 type IPAMHandleExpansion interface{}

@@ -14,6 +14,10 @@ type FakeCalyxV1alpha1 struct {
 	*testing.Fake
 }
 
+func (c *FakeCalyxV1alpha1) IPAMAffinities() v1alpha1.IPAMAffinityInterface {
+	return newFakeIPAMAffinities(c)
+}
+
 func (c *FakeCalyxV1alpha1) IPAMBlocks() v1alpha1.IPAMBlockInterface {
 	return newFakeIPAMBlocks(c)
 }

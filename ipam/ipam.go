@@ -1,0 +1,624 @@
+// Package ipam hands out pod addresses from per-node blocks of cluster-wide
+// pools, in the shape of Calico's block IPAM. A node claims a block by
+// creating its IPAMBlock object (AlreadyExists: another node won); every
+// allocation and release is a compare-and-swap update of the block on its
+// resourceVersion; an IPAMHandle object per owner indexes its addresses so
+// that a release reads two objects, whatever the size of the cluster.
+package ipam
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/rest"
+
+	"github.com/calyx-net/calyx/api/v1alpha1"
+)
+
+var (
+	// ErrExhausted: no pool has a free address for this node.
+	ErrExhausted = errors.New("no free address")
+	// ErrNoPool: no enabled pool exists, or none of the requested ones.
+	ErrNoPool = errors.New("no usable IP pool")
+	// ErrUnknownPool: the configuration names a pool that does not exist.
+	ErrUnknownPool = errors.New("unknown IP pool")
+)
+
+// Options tune the allocator.
+type Options struct {
+	// Node is the node this client runs on. A handle whose index object is
+	// missing (the process died between allocating and indexing) is then
+	// also looked for in this node's blocks.
+	Node string
+	// Pools restricts allocation to these pools, by name or CIDR.
+	Pools []string
+	// MaxBlocksPerNode caps the blocks one node claims; default 20.
+	MaxBlocksPerNode int
+	// StrictAffinity forbids borrowing addresses from other nodes' blocks.
+	StrictAffinity bool
+	// MaxRetries bounds compare-and-swap retries on one block; default 50.
+	MaxRetries int
+	Logger     *slog.Logger
+}
+
+// IPAM is the allocator. It is safe for concurrent use, also across
+// processes and nodes: the API server arbitrates every change.
+type IPAM struct {
+	store Store
+	opts  Options
+	log   *slog.Logger
+
+	// Allocations for one node go one at a time, as the node's file lock
+	// makes them go across processes, and releases from one block too:
+	// racing on one object would only turn into compare-and-swap retries.
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex
+}
+
+var _ Allocator = (*IPAM)(nil)
+
+// New returns an allocator on store.
+func New(store Store, opts Options) *IPAM {
+	if opts.MaxBlocksPerNode <= 0 {
+		opts.MaxBlocksPerNode = 20
+	}
+	if opts.MaxRetries <= 0 {
+		opts.MaxRetries = 50
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &IPAM{store: store, opts: opts, log: opts.Logger, locks: map[string]*sync.Mutex{}}
+}
+
+func (m *IPAM) lock(key string) func() {
+	m.mu.Lock()
+	l := m.locks[key]
+	if l == nil {
+		l = &sync.Mutex{}
+		m.locks[key] = l
+	}
+	m.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+// NewForConfig returns an allocator on the Kubernetes API at cfg.
+func NewForConfig(cfg *rest.Config, opts Options) (*IPAM, error) {
+	s, err := NewKubeStoreForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return New(s, opts), nil
+}
+
+// HandleObjectName is the IPAMHandle name for handle: the handle itself
+// when it is a valid object name, else a sanitized form with a hash.
+func HandleObjectName(handle string) string {
+	if len(validation.IsDNS1123Subdomain(handle)) == 0 {
+		return handle
+	}
+	sum := sha256.Sum256([]byte(handle))
+	clean := strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '.':
+			return r
+		case r >= 'A' && r <= 'Z':
+			return r + 'a' - 'A'
+		}
+		return '-'
+	}, handle)
+	if len(clean) > 200 {
+		clean = clean[:200]
+	}
+	return strings.Trim(clean, "-.") + "-" + hex.EncodeToString(sum[:8])
+}
+
+// AutoAssign allocates one address for a pod.
+func (m *IPAM) AutoAssign(ctx context.Context, node, handle string, attrs Attrs) (Assignment, error) {
+	return m.assign(ctx, node, handle, v1alpha1.Allocation{
+		Handle: handle, Type: v1alpha1.AllocationPod, Node: node,
+		Namespace: attrs.Namespace, Pod: attrs.Pod, ContainerID: attrs.ContainerID,
+	})
+}
+
+// AssignTunnelAddress allocates the node's tunl0 address, or returns the one
+// it has.
+func (m *IPAM) AssignTunnelAddress(ctx context.Context, node string) (Assignment, error) {
+	h := TunnelHandle(node)
+	return m.assign(ctx, node, h, v1alpha1.Allocation{Handle: h, Type: v1alpha1.AllocationTunnel, Node: node})
+}
+
+func (m *IPAM) assign(ctx context.Context, node, handle string, alloc v1alpha1.Allocation) (Assignment, error) {
+	if node == "" || handle == "" {
+		return Assignment{}, fmt.Errorf("assigning an address needs a node and a handle (got node %q, handle %q)", node, handle)
+	}
+	defer m.lock("node/" + node)()
+
+	// The fast path reads only by name: the handle, the node's affinity,
+	// its blocks and their pools.
+	own, err := m.nodeBlocks(ctx, node)
+	if err != nil {
+		return Assignment{}, err
+	}
+	// Idempotent: a retried ADD gets the address the first one got.
+	a, found, indexed, err := m.lookup(ctx, node, handle, own)
+	if err != nil {
+		return Assignment{}, err
+	}
+	if found {
+		if !indexed {
+			return m.index(ctx, node, a, alloc)
+		}
+		return a, nil
+	}
+	allowed := map[string]bool{}
+	for i := range own {
+		b := &own[i]
+		if b.Status.Free == 0 {
+			continue
+		}
+		ok, known := allowed[b.Spec.Pool]
+		if !known {
+			if ok, err = m.poolAllowed(ctx, b.Spec.Pool); err != nil {
+				return Assignment{}, err
+			}
+			allowed[b.Spec.Pool] = ok
+		}
+		if !ok {
+			continue
+		}
+		if a, ok, err := m.assignInBlock(ctx, b, alloc); err != nil {
+			return Assignment{}, err
+		} else if ok {
+			return m.index(ctx, node, a, alloc)
+		}
+	}
+	return m.assignSlow(ctx, node, alloc, own)
+}
+
+// assignSlow runs when the node's indexed blocks are full: it claims a new
+// block, else borrows. It lists, so it is where the time goes, once per
+// block.
+func (m *IPAM) assignSlow(ctx context.Context, node string, alloc v1alpha1.Allocation, own []v1alpha1.IPAMBlock) (Assignment, error) {
+	pools, err := m.usablePools(ctx)
+	if err != nil {
+		return Assignment{}, err
+	}
+	inPool := map[string]bool{}
+	for _, p := range pools {
+		inPool[p.Name] = true
+	}
+	// Blocks the node created but did not get to index (it died in
+	// between) are found by label and indexed now.
+	labelled, err := m.store.ListBlocks(ctx, map[string]string{LabelNode: node})
+	if err != nil {
+		return Assignment{}, fmt.Errorf("listing the blocks of node %s: %w", node, err)
+	}
+	indexed := map[string]bool{}
+	for _, b := range own {
+		indexed[b.Name] = true
+	}
+	sort.Slice(labelled, func(i, j int) bool { return labelled[i].Name < labelled[j].Name })
+	for i := range labelled {
+		b := &labelled[i]
+		if indexed[b.Name] || b.Spec.Node != node {
+			continue
+		}
+		if err := m.addAffinity(ctx, node, b.Name); err != nil {
+			return Assignment{}, err
+		}
+		if b.Status.Free == 0 || !inPool[b.Spec.Pool] {
+			continue
+		}
+		if a, ok, err := m.assignInBlock(ctx, b, alloc); err != nil {
+			return Assignment{}, err
+		} else if ok {
+			return m.index(ctx, node, a, alloc)
+		}
+	}
+
+	// A new block, while the node is under its cap.
+	if len(labelled) < m.opts.MaxBlocksPerNode {
+		b, err := m.claimBlock(ctx, pools, node)
+		switch {
+		case err == nil:
+			if a, ok, err := m.assignInBlock(ctx, b, alloc); err != nil {
+				return Assignment{}, err
+			} else if ok {
+				return m.index(ctx, node, a, alloc)
+			}
+		case !errors.Is(err, ErrExhausted):
+			return Assignment{}, err
+		}
+	}
+
+	// Borrow from another node's block.
+	if m.opts.StrictAffinity {
+		return Assignment{}, fmt.Errorf("%w for node %s in pools %s: every block is claimed and strict affinity forbids borrowing; add a pool or free addresses", ErrExhausted, node, poolList(pools))
+	}
+	for _, p := range pools {
+		others, err := m.store.ListBlocks(ctx, map[string]string{LabelPool: p.Name})
+		if err != nil {
+			return Assignment{}, fmt.Errorf("listing the blocks of pool %s: %w", p.Name, err)
+		}
+		for i := range others {
+			if others[i].Spec.Node == node || others[i].Status.Free == 0 {
+				continue
+			}
+			if a, ok, err := m.assignInBlock(ctx, &others[i], alloc); err != nil {
+				return Assignment{}, err
+			} else if ok {
+				return m.index(ctx, node, a, alloc)
+			}
+		}
+	}
+	return Assignment{}, fmt.Errorf("%w for node %s: pools %s are full; add a pool, or delete pods to free addresses", ErrExhausted, node, poolList(pools))
+}
+
+// nodeBlocks reads the node's indexed blocks, sorted by name.
+func (m *IPAM) nodeBlocks(ctx context.Context, node string) ([]v1alpha1.IPAMBlock, error) {
+	aff, err := m.store.GetAffinity(ctx, node)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the block index of node %s: %w", node, err)
+	}
+	names := slices.Sorted(slices.Values(aff.Spec.Blocks))
+	out := make([]v1alpha1.IPAMBlock, 0, len(names))
+	for _, name := range names {
+		b, err := m.store.GetBlock(ctx, name)
+		if apierrors.IsNotFound(err) {
+			continue // released by the garbage collector
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading block %s of node %s: %w", name, node, err)
+		}
+		if b.Spec.Node == node {
+			out = append(out, *b)
+		}
+	}
+	return out, nil
+}
+
+// addAffinity records that node owns block, with compare-and-swap.
+func (m *IPAM) addAffinity(ctx context.Context, node, block string) error {
+	for attempt := 0; ; attempt++ {
+		aff, err := m.store.GetAffinity(ctx, node)
+		if apierrors.IsNotFound(err) {
+			aff = &v1alpha1.IPAMAffinity{Spec: v1alpha1.IPAMAffinitySpec{Node: node, Blocks: []string{block}}}
+			aff.Name = node
+			aff.Labels = map[string]string{LabelNode: node}
+			if _, err = m.store.CreateAffinity(ctx, aff); err == nil {
+				return nil
+			}
+			if !apierrors.IsAlreadyExists(err) {
+				return fmt.Errorf("creating the block index of node %s: %w", node, err)
+			}
+		} else if err != nil {
+			return fmt.Errorf("reading the block index of node %s: %w", node, err)
+		} else {
+			if slices.Contains(aff.Spec.Blocks, block) {
+				return nil
+			}
+			aff.Spec.Blocks = append(aff.Spec.Blocks, block)
+			if _, err = m.store.UpdateAffinity(ctx, aff); err == nil {
+				return nil
+			}
+			if !apierrors.IsConflict(err) {
+				return fmt.Errorf("updating the block index of node %s: %w", node, err)
+			}
+		}
+		if attempt >= m.opts.MaxRetries {
+			return fmt.Errorf("updating the block index of node %s: still conflicting after %d retries: %w", node, attempt, err)
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return err
+		}
+	}
+}
+
+// poolAllowed says whether new addresses may come from the named pool.
+func (m *IPAM) poolAllowed(ctx context.Context, name string) (bool, error) {
+	p, err := m.store.GetPool(ctx, name)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading pool %s: %w", name, err)
+	}
+	if p.Spec.Disabled {
+		return false, nil
+	}
+	if len(m.opts.Pools) == 0 {
+		return true, nil
+	}
+	return slices.Contains(m.opts.Pools, p.Name) || slices.Contains(m.opts.Pools, p.Spec.CIDR), nil
+}
+
+func poolList(pools []v1alpha1.IPPool) string {
+	var s []string
+	for _, p := range pools {
+		s = append(s, p.Name+" ("+p.Spec.CIDR+")")
+	}
+	return strings.Join(s, ", ")
+}
+
+// usablePools are the enabled pools, restricted to Options.Pools.
+func (m *IPAM) usablePools(ctx context.Context) ([]v1alpha1.IPPool, error) {
+	all, err := m.store.ListPools(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing IP pools: %w", err)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Name < all[j].Name })
+	var out []v1alpha1.IPPool
+	if len(m.opts.Pools) > 0 {
+		for _, want := range m.opts.Pools {
+			i := slices.IndexFunc(all, func(p v1alpha1.IPPool) bool { return p.Name == want || p.Spec.CIDR == want })
+			if i < 0 {
+				return nil, fmt.Errorf("%w %q: the netconf's pools must name existing IPPools (kubectl get ippools)", ErrUnknownPool, want)
+			}
+			if !all[i].Spec.Disabled {
+				out = append(out, all[i])
+			}
+		}
+	} else {
+		for _, p := range all {
+			if !p.Spec.Disabled {
+				out = append(out, p)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: create an enabled IPPool (kubectl apply -f deploy/calyx.yaml has the default 192.168.0.0/16)", ErrNoPool)
+	}
+	return out, nil
+}
+
+// assignInBlock allocates in b with compare-and-swap, re-reading b on a
+// conflict. ok is false when the block is full.
+func (m *IPAM) assignInBlock(ctx context.Context, b *v1alpha1.IPAMBlock, alloc v1alpha1.Allocation) (Assignment, bool, error) {
+	name := b.Name
+	for attempt := 0; ; attempt++ {
+		nb := b.DeepCopy()
+		addr, ok, err := assignInBlock(nb, alloc)
+		if err != nil || !ok {
+			return Assignment{}, false, err
+		}
+		updated, err := m.store.UpdateBlock(ctx, nb)
+		if err == nil {
+			cidr, _ := parseBlock(updated)
+			return Assignment{Addr: addr, Block: cidr, Borrowed: updated.Spec.Node != alloc.Node}, true, nil
+		}
+		if !apierrors.IsConflict(err) {
+			return Assignment{}, false, fmt.Errorf("updating block %s: %w", name, err)
+		}
+		if attempt >= m.opts.MaxRetries {
+			return Assignment{}, false, fmt.Errorf("updating block %s: still conflicting after %d retries: %w", name, attempt, err)
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return Assignment{}, false, err
+		}
+		if b, err = m.store.GetBlock(ctx, name); err != nil {
+			return Assignment{}, false, fmt.Errorf("re-reading block %s: %w", name, err)
+		}
+	}
+}
+
+// backoff sleeps a short, jittered, growing time so that writers that
+// collided do not collide again in lockstep.
+func backoff(ctx context.Context, attempt int) error {
+	d := time.Duration(1+rand.IntN(5*min(attempt+1, 20))) * time.Millisecond
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// claimBlock creates a free block of one of the pools, affine to node.
+func (m *IPAM) claimBlock(ctx context.Context, pools []v1alpha1.IPPool, node string) (*v1alpha1.IPAMBlock, error) {
+	for _, p := range pools {
+		cidr, err := netip.ParsePrefix(p.Spec.CIDR)
+		if err != nil {
+			return nil, fmt.Errorf("pool %s has an invalid cidr %q", p.Name, p.Spec.CIDR)
+		}
+		size := p.Spec.BlockSize
+		if size == 0 {
+			size = 26
+		}
+		existing, err := m.store.ListBlocks(ctx, map[string]string{LabelPool: p.Name})
+		if err != nil {
+			return nil, fmt.Errorf("listing the blocks of pool %s: %w", p.Name, err)
+		}
+		taken := make(map[string]bool, len(existing))
+		for _, b := range existing {
+			taken[b.Name] = true
+		}
+		if len(taken) >= 1<<(size-cidr.Bits()) {
+			continue
+		}
+		cur := newBlockCursor(cidr, size, node)
+		for i := 0; i < cur.n; i++ {
+			bc := cur.at(i)
+			if taken[BlockName(bc)] {
+				continue
+			}
+			b, err := m.store.CreateBlock(ctx, newBlock(bc, p.Name, node))
+			if apierrors.IsAlreadyExists(err) {
+				continue // another node claimed it first
+			}
+			if err != nil {
+				return nil, fmt.Errorf("claiming block %s: %w", bc, err)
+			}
+			if err := m.addAffinity(ctx, node, b.Name); err != nil {
+				// The block is labelled with its node, so the next slow
+				// path indexes it; nothing is lost.
+				return nil, err
+			}
+			m.log.Info("claimed block", "block", bc, "node", node, "pool", p.Name)
+			return b, nil
+		}
+	}
+	return nil, ErrExhausted
+}
+
+// index records the handle → block entry after a successful allocation. If
+// it cannot, the allocation is undone: an address nobody can release by
+// handle would leak.
+func (m *IPAM) index(ctx context.Context, node string, a Assignment, alloc v1alpha1.Allocation) (Assignment, error) {
+	h := &v1alpha1.IPAMHandle{}
+	h.Name = HandleObjectName(alloc.Handle)
+	h.Labels = map[string]string{LabelNode: node}
+	h.Spec = v1alpha1.IPAMHandleSpec{Handle: alloc.Handle, Block: BlockName(a.Block), Ordinals: []int{ordinalOf(a.Block, a.Addr)}}
+	_, err := m.store.CreateHandle(ctx, h)
+	if apierrors.IsAlreadyExists(err) {
+		// A leftover of an earlier crash, pointing at an address that is
+		// gone: this allocation replaces it.
+		var old *v1alpha1.IPAMHandle
+		if old, err = m.store.GetHandle(ctx, h.Name); err == nil {
+			old.Spec = h.Spec
+			old.Labels = h.Labels
+			_, err = m.store.UpdateHandle(ctx, old)
+		}
+	}
+	if err != nil {
+		// Undo with a fresh context: ctx may be what just expired.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, rerr := m.releaseInBlock(uctx, BlockName(a.Block), alloc.Handle); rerr != nil {
+			m.log.Error("could not undo an allocation whose handle could not be recorded; the garbage collector will release it", "addr", a.Addr, "handle", alloc.Handle, "err", rerr)
+		}
+		return Assignment{}, fmt.Errorf("recording handle %s: %w", alloc.Handle, err)
+	}
+	return a, nil
+}
+
+// lookup finds the handle's current address through its index object or,
+// when that is missing (indexed is false), in the node's own blocks.
+func (m *IPAM) lookup(ctx context.Context, node, handle string, own []v1alpha1.IPAMBlock) (a Assignment, found, indexed bool, err error) {
+	h, err := m.store.GetHandle(ctx, HandleObjectName(handle))
+	switch {
+	case err == nil:
+		b, err := m.store.GetBlock(ctx, h.Spec.Block)
+		if err != nil && !apierrors.IsNotFound(err) {
+			return Assignment{}, false, false, fmt.Errorf("reading block %s of handle %s: %w", h.Spec.Block, handle, err)
+		}
+		if err == nil {
+			if addrs := allocationsOf(b, handle); len(addrs) > 0 {
+				cidr, _ := parseBlock(b)
+				return Assignment{Addr: addrs[0], Block: cidr, Borrowed: b.Spec.Node != node}, true, true, nil
+			}
+		}
+		return Assignment{}, false, false, nil // a stale index entry: index() replaces it
+	case !apierrors.IsNotFound(err):
+		return Assignment{}, false, false, fmt.Errorf("reading handle %s: %w", handle, err)
+	}
+	for i := range own {
+		if addrs := allocationsOf(&own[i], handle); len(addrs) > 0 {
+			cidr, _ := parseBlock(&own[i])
+			return Assignment{Addr: addrs[0], Block: cidr}, true, false, nil
+		}
+	}
+	return Assignment{}, false, false, nil
+}
+
+// ReleaseByHandle frees the handle's addresses. A handle that holds nothing
+// is not an error: DEL must be repeatable.
+func (m *IPAM) ReleaseByHandle(ctx context.Context, handle string) ([]netip.Addr, error) {
+	name := HandleObjectName(handle)
+	h, err := m.store.GetHandle(ctx, name)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("reading handle %s: %w", handle, err)
+	}
+	var released []netip.Addr
+	if err == nil {
+		if released, err = m.releaseInBlock(ctx, h.Spec.Block, handle); err != nil {
+			return nil, err
+		}
+		if err := m.store.DeleteHandle(ctx, name); err != nil && !apierrors.IsNotFound(err) {
+			return released, fmt.Errorf("deleting handle %s: %w", handle, err)
+		}
+		return released, nil
+	}
+	// No index entry: an allocation may still sit in one of this node's
+	// blocks if the allocating process died before indexing it.
+	if m.opts.Node == "" {
+		return nil, nil
+	}
+	blocks, err := m.nodeBlocks(ctx, m.opts.Node)
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range blocks {
+		if len(allocationsOf(&b, handle)) == 0 {
+			continue
+		}
+		r, err := m.releaseInBlock(ctx, b.Name, handle)
+		if err != nil {
+			return released, err
+		}
+		released = append(released, r...)
+	}
+	return released, nil
+}
+
+// releaseInBlock removes the handle's allocations from a block with
+// compare-and-swap.
+func (m *IPAM) releaseInBlock(ctx context.Context, name, handle string) ([]netip.Addr, error) {
+	defer m.lock("block/" + name)()
+	for attempt := 0; ; attempt++ {
+		b, err := m.store.GetBlock(ctx, name)
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading block %s: %w", name, err)
+		}
+		if len(allocationsOf(b, handle)) == 0 {
+			return nil, nil
+		}
+		released, err := releaseInBlock(b, handle)
+		if err != nil {
+			return nil, err
+		}
+		_, err = m.store.UpdateBlock(ctx, b)
+		if err == nil {
+			return released, nil
+		}
+		if !apierrors.IsConflict(err) {
+			return nil, fmt.Errorf("updating block %s: %w", name, err)
+		}
+		if attempt >= m.opts.MaxRetries {
+			return nil, fmt.Errorf("updating block %s: still conflicting after %d retries: %w", name, attempt, err)
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// Lookup returns the handle's address without allocating.
+func (m *IPAM) Lookup(ctx context.Context, node, handle string) (Assignment, bool, error) {
+	own, err := m.nodeBlocks(ctx, node)
+	if err != nil {
+		return Assignment{}, false, err
+	}
+	a, found, _, err := m.lookup(ctx, node, handle, own)
+	return a, found, err
+}
