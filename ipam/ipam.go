@@ -622,3 +622,8 @@ func (m *IPAM) Lookup(ctx context.Context, node, handle string) (Assignment, boo
 	a, found, _, err := m.lookup(ctx, node, handle, own)
 	return a, found, err
 }
+
+// Ready says whether the datastore answers.
+func (m *IPAM) Ready(ctx context.Context) error {
+	return m.store.Ready(ctx)
+}

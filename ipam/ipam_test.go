@@ -340,3 +340,26 @@ func TestReleaseStale(t *testing.T) {
 		t.Errorf("%d addresses in use after GC, want 4", got)
 	}
 }
+
+// BenchmarkAutoAssign measures the allocator alone, in process, against a
+// real API server: the cost of the API round trips without process start.
+//
+//	go test -run '^$' -bench AutoAssign -benchtime 500x ./ipam/
+func BenchmarkAutoAssign(b *testing.B) {
+	cp := cptest.Start(b)
+	cs := versioned.NewForConfigOrDie(cp.Config)
+	p := pool("default-ipv4-ippool", "192.168.0.0/16", 26)
+	if _, err := cs.CalyxV1alpha1().IPPools().Create(context.Background(), &p, metav1.CreateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	m := ipam.New(ipam.NewKubeStore(cs), ipam.Options{Node: "n1"})
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := m.AutoAssign(ctx, "n1", fmt.Sprintf("net.%d", i), ipam.Attrs{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "allocs/s")
+}

@@ -13,9 +13,10 @@ import (
 )
 
 // Store is the datastore the allocator needs. Gets are cheap and always
-// current; Lists are consistent but, right after any write, wait for the API
-// server's watch cache (about 100 ms), so the allocator lists only on its
-// slow paths (claiming a block, borrowing, GC). Its errors are the
+// current. Lists may be slightly stale: the allocator lists only on its
+// slow paths (claiming a block, borrowing, GC) and confirms every decision
+// it takes from a list with a Create or a compare-and-swap Update. Its
+// errors are the
 // Kubernetes API's (apierrors.IsNotFound, IsAlreadyExists, IsConflict), so
 // the allocator's compare-and-swap logic is the same against any Store.
 type Store interface {
@@ -35,6 +36,8 @@ type Store interface {
 	GetAffinity(ctx context.Context, node string) (*v1alpha1.IPAMAffinity, error)
 	CreateAffinity(ctx context.Context, a *v1alpha1.IPAMAffinity) (*v1alpha1.IPAMAffinity, error)
 	UpdateAffinity(ctx context.Context, a *v1alpha1.IPAMAffinity) (*v1alpha1.IPAMAffinity, error)
+	// Ready says whether the datastore answers.
+	Ready(ctx context.Context) error
 }
 
 // KubeStore is the Store on the Kubernetes API.
@@ -54,15 +57,19 @@ func NewKubeStoreForConfig(cfg *rest.Config) (*KubeStore, error) {
 	return NewKubeStore(cs), nil
 }
 
+// listOpts reads from the API server's watch cache (resourceVersion 0): a
+// consistent List right after any write waits for the cache to catch up,
+// about 100 ms, on every block claim.
 func listOpts(sel map[string]string) metav1.ListOptions {
-	if len(sel) == 0 {
-		return metav1.ListOptions{}
+	o := metav1.ListOptions{ResourceVersion: "0"}
+	if len(sel) > 0 {
+		o.LabelSelector = labels.SelectorFromSet(sel).String()
 	}
-	return metav1.ListOptions{LabelSelector: labels.SelectorFromSet(sel).String()}
+	return o
 }
 
 func (s *KubeStore) ListPools(ctx context.Context) ([]v1alpha1.IPPool, error) {
-	l, err := s.cs.CalyxV1alpha1().IPPools().List(ctx, metav1.ListOptions{})
+	l, err := s.cs.CalyxV1alpha1().IPPools().List(ctx, listOpts(nil))
 	if err != nil {
 		return nil, err
 	}
@@ -127,4 +134,12 @@ func (s *KubeStore) CreateAffinity(ctx context.Context, a *v1alpha1.IPAMAffinity
 
 func (s *KubeStore) UpdateAffinity(ctx context.Context, a *v1alpha1.IPAMAffinity) (*v1alpha1.IPAMAffinity, error) {
 	return s.cs.CalyxV1alpha1().IPAMAffinities().Update(ctx, a, metav1.UpdateOptions{})
+}
+
+func (s *KubeStore) Ready(ctx context.Context) error {
+	body, err := s.cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, body)
+	}
+	return nil
 }

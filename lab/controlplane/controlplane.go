@@ -74,6 +74,10 @@ type ControlPlane struct {
 	etcd      *embed.Etcd
 	etcdURL   string
 	apiserver *exec.Cmd
+	bin       string
+	pki       *pki
+	opts      Options
+	port      int
 	exited    chan struct{}
 	removeDir bool
 	log       *slog.Logger
@@ -99,7 +103,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		return nil, err
 	}
 
-	cp := &ControlPlane{Dir: opts.Dir, log: opts.Logger, exited: make(chan struct{})}
+	cp := &ControlPlane{Dir: opts.Dir, log: opts.Logger}
 	if cp.Dir == "" {
 		if cp.Dir, err = os.MkdirTemp("", "calyx-cp-"); err != nil {
 			return nil, fmt.Errorf("creating the control plane's dir: %w", err)
@@ -145,7 +149,8 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	cp.URL = "https://" + net.JoinHostPort(host, strconv.Itoa(port))
 
 	start := time.Now()
-	if err := cp.startAPIServer(bin, pki, opts, port); err != nil {
+	cp.bin, cp.pki, cp.opts, cp.port = bin, pki, opts, port
+	if err := cp.startAPIServer(); err != nil {
 		return nil, err
 	}
 	cp.Config = &rest.Config{
@@ -224,7 +229,9 @@ func (cp *ControlPlane) tryStartEtcd() error {
 	}
 }
 
-func (cp *ControlPlane) startAPIServer(bin string, pki *pki, opts Options, port int) error {
+func (cp *ControlPlane) startAPIServer() error {
+	bin, pki, opts, port := cp.bin, cp.pki, cp.opts, cp.port
+	cp.exited = make(chan struct{})
 	args := []string{
 		"--etcd-servers=" + cp.etcdURL,
 		"--bind-address=" + opts.BindAddress,
@@ -245,12 +252,13 @@ func (cp *ControlPlane) startAPIServer(bin string, pki *pki, opts Options, port 
 		args = append(args, "--advertise-address="+opts.AdvertiseAddress)
 	}
 	logPath := filepath.Join(cp.Dir, "kube-apiserver.log")
-	logFile, err := os.Create(logPath)
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	exited := cp.exited
 	// If the test binary or the lab dies without Stop, the kernel ends
 	// kube-apiserver too instead of leaving it behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -262,7 +270,7 @@ func (cp *ControlPlane) startAPIServer(bin string, pki *pki, opts Options, port 
 	go func() {
 		cmd.Wait()
 		logFile.Close()
-		close(cp.exited)
+		close(exited)
 	}()
 	cp.log.Info("kube-apiserver started", "pid", cmd.Process.Pid, "url", cp.URL, "log", logPath)
 	return nil
@@ -391,6 +399,30 @@ func (cp *ControlPlane) APIServerPID() int {
 		return 0
 	}
 	return cp.apiserver.Process.Pid
+}
+
+// StopAPIServer stops kube-apiserver alone, leaving etcd and the files, as
+// a crash or an upgrade of the API server would; StartAPIServer brings it
+// back on the same address.
+func (cp *ControlPlane) StopAPIServer() {
+	if cp.apiserver == nil || cp.apiserver.Process == nil {
+		return
+	}
+	cp.apiserver.Process.Kill()
+	<-cp.exited
+	cp.apiserver = nil
+}
+
+// StartAPIServer restarts kube-apiserver after StopAPIServer and waits
+// until it is ready.
+func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
+	if cp.apiserver != nil {
+		return errors.New("kube-apiserver is already running")
+	}
+	if err := cp.startAPIServer(); err != nil {
+		return err
+	}
+	return cp.waitReady(ctx, cp.opts.StartTimeout)
 }
 
 // Stop ends kube-apiserver and etcd and removes the files Start made in a

@@ -1,0 +1,231 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/calyx-net/calyx/ipam"
+)
+
+// Funcs are the plugin's CNI verbs, for skel.PluginMainFuncs.
+func Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus}
+}
+
+// session is one invocation's parsed configuration and allocator.
+type session struct {
+	conf *NetConf
+	node string
+	m    *ipam.IPAM
+	ctx  context.Context
+	stop context.CancelFunc
+}
+
+// nodeNeed says whether a verb needs the node's name.
+type nodeNeed int
+
+const (
+	nodeRequired nodeNeed = iota
+	// nodeOptional: DEL must work without it; with it, DEL also finds an
+	// allocation whose index entry was never written.
+	nodeOptional
+	nodeUnused
+)
+
+func open(args *skel.CmdArgs, need nodeNeed) (*session, error) {
+	conf, err := parseConf(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	s := &session{conf: conf}
+	if need != nodeUnused {
+		s.node, err = conf.IPAM.nodeName()
+		if err != nil && need == nodeRequired {
+			return nil, err
+		}
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", conf.IPAM.Kubeconfig)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "cannot load the kubeconfig",
+			fmt.Sprintf("%s: %v; the calyx agent writes it: check ipam.kubeconfig and that calyx-node runs", conf.IPAM.Kubeconfig, err))
+	}
+	// Every request ends within the configured time, so an unreachable
+	// API server is an error the runtime can retry, not a hung pod start.
+	cfg.Timeout = conf.IPAM.timeout
+	cfg.QPS, cfg.Burst = -1, -1
+	s.m, err = ipam.NewForConfig(cfg, ipam.Options{
+		Node:             s.node,
+		Pools:            conf.IPAM.Pools,
+		MaxBlocksPerNode: conf.IPAM.MaxBlocksPerNode,
+		StrictAffinity:   conf.IPAM.StrictAffinity,
+	})
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "cannot create the API client", err.Error())
+	}
+	s.ctx, s.stop = context.WithTimeout(context.Background(), conf.IPAM.timeout)
+	return s, nil
+}
+
+// lock serialises this node's CNI calls. The wait has its own bound: a
+// burst of pod starts on one node queues here, and only the API calls
+// after it are held to ipam.timeout.
+func (s *session) lock() (func(), error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.conf.IPAM.lockTimeout)
+	defer cancel()
+	unlock, err := ipam.LockFile(ctx, s.conf.IPAM.LockFile)
+	if err != nil {
+		return nil, types.NewError(types.ErrTryAgainLater, "another CNI call on this node holds the IPAM lock", err.Error())
+	}
+	s.stop()
+	s.ctx, s.stop = context.WithTimeout(context.Background(), s.conf.IPAM.timeout)
+	return unlock, nil
+}
+
+func (s *session) handle(containerID string) string { return s.conf.Name + "." + containerID }
+
+func cmdAdd(args *skel.CmdArgs) error {
+	pod, err := parseArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	s, err := open(args, nodeRequired)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	unlock, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	a, err := s.m.AutoAssign(s.ctx, s.node, s.handle(args.ContainerID), ipam.Attrs{
+		Namespace: pod.Namespace, Pod: pod.Name, ContainerID: args.ContainerID,
+	})
+	if err != nil {
+		return s.classify(err, "cannot allocate an address")
+	}
+	result := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		IPs:        []*current.IPConfig{{Address: hostNet(a.Addr)}},
+	}
+	return types.PrintResult(result, s.conf.CNIVersion)
+}
+
+func cmdDel(args *skel.CmdArgs) error {
+	s, err := open(args, nodeOptional)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	unlock, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := s.m.ReleaseByHandle(s.ctx, s.handle(args.ContainerID)); err != nil {
+		return s.classify(err, "cannot release the address")
+	}
+	return nil
+}
+
+func cmdCheck(args *skel.CmdArgs) error {
+	s, err := open(args, nodeRequired)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	a, found, err := s.m.Lookup(s.ctx, s.node, s.handle(args.ContainerID))
+	if err != nil {
+		return s.classify(err, "cannot read the allocation")
+	}
+	if !found {
+		return types.NewError(ErrCheckFailed, "no address is allocated",
+			fmt.Sprintf("handle %s holds no address: the allocation was released; delete and re-create the pod", s.handle(args.ContainerID)))
+	}
+	if s.conf.RawPrevResult != nil {
+		if err := version.ParsePrevResult(&s.conf.NetConf); err != nil {
+			return types.NewError(types.ErrDecodingFailure, "cannot read prevResult", err.Error())
+		}
+		if s.conf.PrevResult != nil {
+			prev, err := current.NewResultFromResult(s.conf.PrevResult)
+			if err != nil {
+				return types.NewError(types.ErrDecodingFailure, "cannot read prevResult", err.Error())
+			}
+			addr := hostNet(a.Addr)
+			want := addr.String()
+			if !slices.ContainsFunc(prev.IPs, func(ip *current.IPConfig) bool { return ip.Address.String() == want }) {
+				return types.NewError(ErrCheckFailed, "the allocated address is not in prevResult",
+					fmt.Sprintf("handle %s holds %s", s.handle(args.ContainerID), want))
+			}
+		}
+	}
+	return nil
+}
+
+func cmdGC(args *skel.CmdArgs) error {
+	s, err := open(args, nodeRequired)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	valid := map[string]bool{}
+	for _, a := range s.conf.ValidAttachments {
+		valid[a.ContainerID] = true
+	}
+	unlock, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := s.m.ReleaseStale(s.ctx, s.node, s.conf.Name, valid); err != nil {
+		return s.classify(err, "garbage collection failed")
+	}
+	return nil
+}
+
+func cmdStatus(args *skel.CmdArgs) error {
+	s, err := open(args, nodeUnused)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	if err := s.m.Ready(s.ctx); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "the Kubernetes API is not reachable",
+			fmt.Sprintf("%v: check ipam.kubeconfig (%s) and that the API server is up", err, s.conf.IPAM.Kubeconfig))
+	}
+	return nil
+}
+
+// classify maps allocator errors to CNI codes: configuration problems are
+// 7, a full pool is ErrNoFreeAddress, and anything on the way to the API
+// server is 11, so the runtime retries instead of giving up on the pod.
+func (s *session) classify(err error, msg string) error {
+	var e *types.Error
+	switch {
+	case errors.As(err, &e):
+		return e
+	case errors.Is(err, ipam.ErrExhausted):
+		return types.NewError(ErrNoFreeAddress, "no free address in the IP pools", err.Error())
+	case errors.Is(err, ipam.ErrNoPool), errors.Is(err, ipam.ErrUnknownPool):
+		return types.NewError(types.ErrInvalidNetworkConfig, "no usable IP pool", err.Error())
+	case apierrors.IsUnauthorized(err), apierrors.IsForbidden(err):
+		return types.NewError(types.ErrInvalidNetworkConfig, msg,
+			fmt.Sprintf("%v: the credentials in %s are refused; the calyx agent refreshes them: is calyx-node running?", err, s.conf.IPAM.Kubeconfig))
+	}
+	return types.NewError(types.ErrTryAgainLater, msg+": the Kubernetes API is unreachable or did not answer in time", fmt.Sprintf("%v (timeout %s)", err, s.conf.IPAM.timeout))
+}
+
+func hostNet(a netip.Addr) net.IPNet {
+	return net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}
+}
