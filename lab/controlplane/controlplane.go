@@ -56,6 +56,12 @@ type Options struct {
 	Logger *slog.Logger
 	// StartTimeout bounds the wait for kube-apiserver to become ready.
 	StartTimeout time.Duration
+	// NetNS is the path of a network namespace (/var/run/netns/NAME) to run
+	// in: etcd's listeners are opened there and kube-apiserver starts
+	// there, as on a control-plane node. Empty means the caller's own.
+	NetNS string
+	// ExtraArgs are appended to kube-apiserver's arguments.
+	ExtraArgs []string
 }
 
 // ControlPlane is a running etcd + kube-apiserver.
@@ -71,6 +77,7 @@ type ControlPlane struct {
 	// Version is the Kubernetes version of kube-apiserver.
 	Version string
 
+	proxy     *proxy
 	etcd      *embed.Etcd
 	etcdURL   string
 	apiserver *exec.Cmd
@@ -103,7 +110,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		return nil, err
 	}
 
-	cp := &ControlPlane{Dir: opts.Dir, log: opts.Logger}
+	cp := &ControlPlane{Dir: opts.Dir, log: opts.Logger, opts: opts}
 	if cp.Dir == "" {
 		if cp.Dir, err = os.MkdirTemp("", "calyx-cp-"); err != nil {
 			return nil, fmt.Errorf("creating the control plane's dir: %w", err)
@@ -135,7 +142,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 
 	port := opts.Port
 	if port == 0 {
-		if port, err = freePort(opts.BindAddress); err != nil {
+		if port, err = cp.freePort(opts.BindAddress); err != nil {
 			return nil, err
 		}
 	}
@@ -163,6 +170,9 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		QPS:   -1, // tests create objects in bursts; no client-side throttling
 		Burst: -1,
 	}
+	if opts.NetNS != "" {
+		cp.Config.Dial = dialIn(opts.NetNS)
+	}
 	if err := cp.waitReady(ctx, opts.StartTimeout); err != nil {
 		return nil, err
 	}
@@ -171,8 +181,17 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	if err := installCRDs(ctx, cp.Config); err != nil {
 		return nil, err
 	}
+	// The kubeconfig is for kubectl on the host: when the API server lives
+	// in a namespace, it goes through a loopback proxy into it.
+	hostURL := cp.URL
+	if opts.NetNS != "" {
+		if cp.proxy, err = startProxy(opts.NetNS, strings.TrimPrefix(cp.URL, "https://")); err != nil {
+			return nil, err
+		}
+		hostURL = "https://" + cp.proxy.addr()
+	}
 	cp.Kubeconfig = filepath.Join(cp.Dir, "kubeconfig")
-	if err := writeKubeconfig(cp.Kubeconfig, cp.URL, pki); err != nil {
+	if err := cp.WriteKubeconfig(cp.Kubeconfig, hostURL); err != nil {
 		return nil, err
 	}
 	return cp, nil
@@ -191,11 +210,11 @@ func (cp *ControlPlane) startEtcd() error {
 }
 
 func (cp *ControlPlane) tryStartEtcd() error {
-	clientPort, err := freePort("127.0.0.1")
+	clientPort, err := cp.freePort("127.0.0.1")
 	if err != nil {
 		return err
 	}
-	peerPort, err := freePort("127.0.0.1")
+	peerPort, err := cp.freePort("127.0.0.1")
 	if err != nil {
 		return err
 	}
@@ -213,7 +232,14 @@ func (cp *ControlPlane) tryStartEtcd() error {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
+	var e *embed.Etcd
+	// etcd opens its listeners inside StartEtcd: in the node's namespace,
+	// they stay there, whichever thread serves them later.
+	err = inNetNS(cp.opts.NetNS, func() error {
+		var err error
+		e, err = embed.StartEtcd(cfg)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("starting etcd in %s: %w", cfg.Dir, err)
 	}
@@ -231,6 +257,9 @@ func (cp *ControlPlane) tryStartEtcd() error {
 
 func (cp *ControlPlane) startAPIServer() error {
 	bin, pki, opts, port := cp.bin, cp.pki, cp.opts, cp.port
+	if opts.AdvertiseAddress != "" {
+		opts.ExtraArgs = append([]string{"--advertise-address=" + opts.AdvertiseAddress}, opts.ExtraArgs...)
+	}
 	cp.exited = make(chan struct{})
 	args := []string{
 		"--etcd-servers=" + cp.etcdURL,
@@ -248,9 +277,7 @@ func (cp *ControlPlane) startAPIServer() error {
 		"--allow-privileged=true",
 		"--profiling=false",
 	}
-	if opts.AdvertiseAddress != "" {
-		args = append(args, "--advertise-address="+opts.AdvertiseAddress)
-	}
+	args = append(args, opts.ExtraArgs...)
 	logPath := filepath.Join(cp.Dir, "kube-apiserver.log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -262,7 +289,8 @@ func (cp *ControlPlane) startAPIServer() error {
 	// If the test binary or the lab dies without Stop, the kernel ends
 	// kube-apiserver too instead of leaving it behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// A child inherits the network namespace of the thread that forks it.
+	if err := inNetNS(opts.NetNS, cmd.Start); err != nil {
 		logFile.Close()
 		return fmt.Errorf("starting %s: %w", bin, err)
 	}
@@ -372,6 +400,12 @@ func crdEstablished(obj *unstructured.Unstructured) bool {
 	return false
 }
 
+// WriteKubeconfig writes an admin kubeconfig for the API server at server
+// (e.g. the address nodes reach it at).
+func (cp *ControlPlane) WriteKubeconfig(path, server string) error {
+	return writeKubeconfig(path, server, cp.pki)
+}
+
 func writeKubeconfig(path, server string, p *pki) error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["calyx"] = &clientcmdapi.Cluster{Server: server, CertificateAuthority: p.CACert}
@@ -384,13 +418,17 @@ func writeKubeconfig(path, server string, p *pki) error {
 	return nil
 }
 
-func freePort(host string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, fmt.Errorf("finding a free port on %s: %w", host, err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+func (cp *ControlPlane) freePort(host string) (port int, err error) {
+	err = inNetNS(cp.opts.NetNS, func() error {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return fmt.Errorf("finding a free port on %s: %w", host, err)
+		}
+		defer l.Close()
+		port = l.Addr().(*net.TCPAddr).Port
+		return nil
+	})
+	return port, err
 }
 
 // APIServerPID is kube-apiserver's process ID, or 0 when it is not running.
@@ -429,6 +467,10 @@ func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
 // temporary directory. It is safe to call more than once.
 func (cp *ControlPlane) Stop() error {
 	var errs []error
+	if cp.proxy != nil {
+		cp.proxy.close()
+		cp.proxy = nil
+	}
 	if cp.apiserver != nil && cp.apiserver.Process != nil {
 		cp.apiserver.Process.Signal(syscall.SIGTERM)
 		select {

@@ -3,6 +3,7 @@ package controlplane_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"sync"
@@ -10,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -98,4 +102,82 @@ func pidOf(t *testing.T, cp *controlplane.ControlPlane) int {
 		t.Fatal("no kube-apiserver pid")
 	}
 	return pid
+}
+
+// TestInNetNS runs the control plane inside a network namespace, as the lab's
+// control-plane node does: the API server answers there, and kubectl on the
+// host reaches it through the kubeconfig's loopback proxy.
+func TestInNetNS(t *testing.T) {
+	name := fmt.Sprintf("calyx-cptest-%d", os.Getpid())
+	target, err := netns.NewNamed(name)
+	if err != nil {
+		t.Fatalf("creating netns %s (needs root): %v", name, err)
+	}
+	target.Close()
+	t.Cleanup(func() { netns.DeleteNamed(name) })
+	path := "/var/run/netns/" + name
+	err = ns.WithNetNSPath(path, func(ns.NetNS) error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		// This kernel has no dummy driver: a veth pair stands in for a NIC.
+		d := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ens160"}, PeerName: "ens160-peer"}
+		if err := netlink.LinkAdd(d); err != nil {
+			return err
+		}
+		peer, err := netlink.LinkByName("ens160-peer")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(peer); err != nil {
+			return err
+		}
+		addr, _ := netlink.ParseAddr("10.10.100.207/24")
+		if err := netlink.AddrAdd(d, addr); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(d)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cp, err := controlplane.Start(context.Background(), controlplane.Options{
+		NetNS: path, BindAddress: "0.0.0.0", AdvertiseAddress: "10.10.100.207", Port: 6443,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cp.Stop()
+	if cp.URL != "https://10.10.100.207:6443" {
+		t.Errorf("URL %s, want https://10.10.100.207:6443", cp.URL)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", cp.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := kubernetes.NewForConfigOrDie(cfg)
+	if _, err := cs.CoreV1().Namespaces().Get(context.Background(), "default", metav1.GetOptions{}); err != nil {
+		t.Fatalf("through the host kubeconfig: %v", err)
+	}
+	// The API server publishes its advertised address shortly after start.
+	var addrs []string
+	for deadline := time.Now().Add(15 * time.Second); len(addrs) == 0 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		slices, err := cs.DiscoveryV1().EndpointSlices("default").List(context.Background(), metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=kubernetes"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range slices.Items {
+			for _, ep := range s.Endpoints {
+				addrs = append(addrs, ep.Addresses...)
+			}
+		}
+	}
+	if len(addrs) != 1 || addrs[0] != "10.10.100.207" {
+		t.Errorf("the kubernetes Service points at %v, want the advertised 10.10.100.207", addrs)
+	}
 }
