@@ -1,5 +1,6 @@
 // Package deploy carries the manifests calyx ships, so that the control
-// plane of tests and of the lab installs exactly the CRDs a user applies.
+// plane of tests and of the lab installs exactly the CRDs a user applies,
+// and the lab's nodes get exactly the conflist the DaemonSet installs.
 package deploy
 
 import "embed"
@@ -8,3 +9,8 @@ import "embed"
 //
 //go:embed crds/*.yaml
 var CRDs embed.FS
+
+// Conflist is the CNI configuration the DaemonSet installs on every node.
+//
+//go:embed 10-calyx.conflist
+var Conflist []byte

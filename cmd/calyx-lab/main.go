@@ -1,0 +1,61 @@
+// Command calyx-lab runs a multi-node Kubernetes cluster made of network
+// namespaces on this machine, with calyx as its pod network, and plays the
+// reference scenario (a TFTP download between pods on two nodes) in it.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+const usage = `calyx-lab: a Kubernetes cluster in network namespaces, with calyx as its pod network
+
+  calyx-lab up [--workers N]                 start the lab (control plane learn-k8s-1, workers learn-k8s-2…)
+  calyx-lab down                             remove every namespace, process and file of the lab
+  calyx-lab status                           nodes, pods, addresses, agents' readiness
+  calyx-lab pod add NS/NAME --node NODE [--label k=v] [-- COMMAND ARGS…]
+  calyx-lab pod del NS/NAME
+  calyx-lab exec NODE|NS/NAME -- COMMAND…    run a command in a node's or pod's network namespace
+  calyx-lab demo [--keep]                    the TFTP journey across two nodes, captured on every hop
+
+Common flags: --dir (default /run/calyx-lab), --bin-dir (default: this binary's directory).
+Run as root: the lab creates network namespaces.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	cmd, args := os.Args[1], os.Args[2:]
+	var err error
+	switch cmd {
+	case "up":
+		err = cmdUp(args)
+	case "supervise":
+		err = cmdSupervise(args)
+	case "down":
+		err = cmdDown(args)
+	case "status":
+		err = cmdStatus(args)
+	case "pod":
+		err = cmdPod(args)
+	case "exec":
+		cmdExec(args) // exits with the command's code
+	case "demo":
+		err = cmdDemo(args)
+	case "tftp-server":
+		err = cmdTFTPServer(args)
+	case "tftp-get":
+		err = cmdTFTPGet(args)
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "calyx-lab: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "calyx-lab %s: %v\n", cmd, err)
+		os.Exit(1)
+	}
+}
