@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"syscall"
 	"time"
+
+	"github.com/calyx-net/calyx/lab/spawn"
 )
 
 // process is a long-running program the lab started in a namespace.
@@ -28,18 +30,15 @@ func startIn(netnsName string, argv []string, env []string, logPath string, deta
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Env = append(os.Environ(), env...)
-	if detach {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	} else {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	}
-	if err := inNetNS(netnsName, cmd.Start); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: detach}
+	waited, err := spawn.Start(cmd, netnsPath(netnsName))
+	if err != nil {
 		log.Close()
 		return nil, fmt.Errorf("starting %s in %s: %w", argv[0], netnsName, err)
 	}
 	p := &process{cmd: cmd, exited: make(chan struct{}), log: log}
 	go func() {
-		cmd.Wait()
+		<-waited
 		log.Close()
 		close(p.exited)
 	}()

@@ -34,6 +34,7 @@ import (
 
 	"github.com/calyx-net/calyx/deploy"
 	"github.com/calyx-net/calyx/lab/kubebin"
+	"github.com/calyx-net/calyx/lab/spawn"
 )
 
 // Options tune the control plane; the zero value serves tests.
@@ -288,15 +289,14 @@ func (cp *ControlPlane) startAPIServer() error {
 	exited := cp.exited
 	// If the test binary or the lab dies without Stop, the kernel ends
 	// kube-apiserver too instead of leaving it behind.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	// A child inherits the network namespace of the thread that forks it.
-	if err := inNetNS(opts.NetNS, cmd.Start); err != nil {
+	waited, err := spawn.Start(cmd, opts.NetNS)
+	if err != nil {
 		logFile.Close()
 		return fmt.Errorf("starting %s: %w", bin, err)
 	}
 	cp.apiserver = cmd
 	go func() {
-		cmd.Wait()
+		<-waited
 		logFile.Close()
 		close(exited)
 	}()

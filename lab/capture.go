@@ -1,0 +1,229 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Capture records every packet on one interface of one namespace through an
+// AF_PACKET socket, as tcpdump would, with no tcpdump needed.
+type Capture struct {
+	NetNS, Iface string
+	linkType     layers.LinkType
+
+	fd      int
+	stop    atomic.Bool
+	mu      sync.Mutex
+	packets []CapturedPacket
+	done    chan struct{}
+}
+
+// CapturedPacket is one frame as captured.
+type CapturedPacket struct {
+	Info gopacket.CaptureInfo
+	Data []byte
+}
+
+// StartCapture opens the socket inside the namespace and starts reading.
+func StartCapture(netnsName, iface string) (*Capture, error) {
+	c := &Capture{NetNS: netnsName, Iface: iface, done: make(chan struct{})}
+	err := inNetNS(netnsName, func() error {
+		l, err := netlink.LinkByName(iface)
+		if err != nil {
+			return err
+		}
+		// Ethernet devices hand over frames; tunnels like the kernel's
+		// ipip hand over bare IP packets.
+		c.linkType = layers.LinkTypeEthernet
+		if l.Attrs().EncapType != "ether" {
+			c.linkType = layers.LinkTypeRaw
+		}
+		c.fd, err = openPacketSocket(l.Attrs().Index)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("capturing on %s in %s: %w", iface, netnsName, err)
+	}
+	go c.read()
+	return c, nil
+}
+
+// openPacketSocket opens an AF_PACKET socket that sees every frame of the
+// interface, both directions, as tcpdump's does. A receive timeout lets the
+// reader notice Stop: closing a socket does not wake a blocked recvfrom.
+func openPacketSocket(ifindex int) (int, error) {
+	proto := int(htons(unix.ETH_P_ALL))
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		return -1, fmt.Errorf("opening an AF_PACKET socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifindex}); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	tv := unix.NsecToTimeval((100 * time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+func (c *Capture) read() {
+	defer close(c.done)
+	buf := make([]byte, 65536)
+	for !c.stop.Load() {
+		n, _, err := unix.Recvfrom(c.fd, buf, 0)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		data := append([]byte(nil), buf[:n]...)
+		ci := gopacket.CaptureInfo{Timestamp: time.Now(), CaptureLength: n, Length: n}
+		c.mu.Lock()
+		c.packets = append(c.packets, CapturedPacket{Info: ci, Data: data})
+		c.mu.Unlock()
+	}
+}
+
+// Stop ends the capture and returns what it saw.
+func (c *Capture) Stop() []CapturedPacket {
+	c.stop.Store(true)
+	<-c.done
+	unix.Close(c.fd)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.packets
+}
+
+// LinkType is the capture's pcap link type.
+func (c *Capture) LinkType() layers.LinkType { return c.linkType }
+
+// WritePcap writes packets as a classic pcap file that tcpdump and
+// Wireshark read.
+func WritePcap(path string, lt layers.LinkType, packets []CapturedPacket) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := pcapgo.NewWriter(f)
+	if err := w.WriteFileHeader(65536, lt); err != nil {
+		f.Close()
+		return err
+	}
+	for _, p := range packets {
+		ci := p.Info
+		ci.CaptureLength = len(p.Data)
+		if err := w.WritePacket(ci, p.Data); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// Dissected is what a person reads off a packet: its protocol stack as
+// Wireshark names it (eth:ip:ip:udp:tftp), the outer and inner addresses,
+// and the TFTP operation.
+type Dissected struct {
+	Stack        string
+	OuterSrc     string // set when IP-in-IP
+	OuterDst     string
+	Src, Dst     string // the innermost IP header
+	SrcPort      int
+	DstPort      int
+	UDP          bool
+	TFTP         string // RRQ file, DATA n (len), ACK n, ERROR …
+	OuterProto   int
+	InnerPayload []byte
+}
+
+// Dissect decodes a captured packet.
+func Dissect(lt layers.LinkType, data []byte) Dissected {
+	var first gopacket.Decoder = layers.LayerTypeEthernet
+	if lt == layers.LinkTypeRaw {
+		first = layers.LayerTypeIPv4
+	}
+	pkt := gopacket.NewPacket(data, first, gopacket.Default)
+	var d Dissected
+	var stack []string
+	var ips []*layers.IPv4
+	for _, l := range pkt.Layers() {
+		switch v := l.(type) {
+		case *layers.Ethernet:
+			stack = append(stack, "eth")
+		case *layers.IPv4:
+			stack = append(stack, "ip")
+			ips = append(ips, v)
+		case *layers.UDP:
+			stack = append(stack, "udp")
+			d.UDP = true
+			d.SrcPort, d.DstPort = int(v.SrcPort), int(v.DstPort)
+			d.InnerPayload = v.Payload
+		case *layers.TCP:
+			stack = append(stack, "tcp")
+		case *layers.ICMPv4:
+			stack = append(stack, "icmp")
+		}
+	}
+	if len(ips) > 0 {
+		inner := ips[len(ips)-1]
+		d.Src, d.Dst = inner.SrcIP.String(), inner.DstIP.String()
+		if len(ips) > 1 {
+			d.OuterSrc, d.OuterDst = ips[0].SrcIP.String(), ips[0].DstIP.String()
+			d.OuterProto = int(ips[0].Protocol)
+		}
+	}
+	if d.UDP {
+		if op := tftpOp(d.InnerPayload); op != "" {
+			stack = append(stack, "tftp")
+			d.TFTP = op
+		}
+	}
+	d.Stack = strings.Join(stack, ":")
+	return d
+}
+
+// tftpOp names a TFTP message (RFC 1350), or "" when the payload is not one.
+func tftpOp(b []byte) string {
+	if len(b) < 4 {
+		return ""
+	}
+	op := int(b[0])<<8 | int(b[1])
+	block := int(b[2])<<8 | int(b[3])
+	switch op {
+	case 1, 2:
+		name, _, _ := strings.Cut(string(b[2:]), "\x00")
+		if name == "" {
+			return ""
+		}
+		return map[int]string{1: "RRQ", 2: "WRQ"}[op] + " " + name
+	case 3:
+		return fmt.Sprintf("DATA block %d (%d bytes)", block, len(b)-4)
+	case 4:
+		if len(b) != 4 {
+			return ""
+		}
+		return fmt.Sprintf("ACK block %d", block)
+	case 5:
+		return fmt.Sprintf("ERROR %d", block)
+	case 6:
+		return "OACK"
+	}
+	return ""
+}
