@@ -1,0 +1,581 @@
+// Package firewall owns the agent's nftables table, `ip calyx`: it accepts
+// forwarding to and from pods, masquerades pod traffic leaving every pool
+// when the pool says natOutgoing, accepts IP-in-IP only from cluster nodes,
+// and drops pod packets with a source that is not the pod's own address.
+//
+// The rules are fixed; what changes with the cluster is the content of
+// three sets, which Reconcile updates in place. Rules carry a comment that
+// names them and a hash of their expressions, so that a deleted or altered
+// rule (or a new agent version's rule) is noticed and its chain rewritten.
+package firewall
+
+import (
+	"bytes"
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+
+	"github.com/calyx-net/calyx/agent/desired"
+)
+
+// TableName is the agent's table, in the ip family: `nft list table ip calyx`.
+const TableName = "calyx"
+
+// Set names.
+const (
+	SetNodeIPs   = "node-ips"
+	SetPools     = "pool-cidrs"
+	SetNATPools  = "nat-pool-cidrs"
+	podIfaceGlob = "cali" // iifname "cali*": a prefix compare
+)
+
+// Rule names, the start of each rule's comment.
+const (
+	RuleAntiSpoof  = "drop pod packets whose source is not the pod's address"
+	RuleFromPods   = "accept forwarding from pods"
+	RuleToPods     = "accept forwarding to pods"
+	RuleIPIPNodes  = "accept IPIP from cluster nodes"
+	RuleIPIPOthers = "drop IPIP from anyone else"
+	RuleNATOut     = "masquerade pod traffic leaving all pools"
+)
+
+// Firewall reconciles the table in one network namespace.
+type Firewall struct {
+	nsFD int // 0: the current namespace
+}
+
+// New is a Firewall for the namespace whose file descriptor is nsFD (0 for
+// the agent's own).
+func New(nsFD int) *Firewall { return &Firewall{nsFD: nsFD} }
+
+// Conn opens a netlink connection in the firewall's namespace.
+func (f *Firewall) Conn() (*nftables.Conn, error) {
+	var opts []nftables.ConnOption
+	if f.nsFD > 0 {
+		opts = append(opts, nftables.WithNetNSFd(f.nsFD))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("opening nftables netlink: %w", err)
+	}
+	return c, nil
+}
+
+// Result says what Reconcile changed.
+type Result struct {
+	CreatedTable   bool
+	RewroteChains  []string
+	UpdatedSets    []string
+	RemovedObjects []string
+}
+
+// Changed reports whether Reconcile changed anything.
+func (r Result) Changed() bool {
+	return r.CreatedTable || len(r.RewroteChains)+len(r.UpdatedSets)+len(r.RemovedObjects) > 0
+}
+
+// chainSpec is one of the table's chains with its rules.
+type chainSpec struct {
+	name     string
+	typ      nftables.ChainType
+	hook     *nftables.ChainHook
+	priority *nftables.ChainPriority
+	rules    []ruleSpec
+}
+
+type ruleSpec struct {
+	name  string
+	exprs []expr.Any
+}
+
+type setSpec struct {
+	name     string
+	interval bool
+	elems    []nftables.SetElement
+}
+
+var (
+	table  = &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName}
+	accept = &expr.Verdict{Kind: expr.VerdictAccept}
+	drop   = &expr.Verdict{Kind: expr.VerdictDrop}
+)
+
+func ifname(key expr.MetaKey, prefix string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(prefix)},
+	}
+}
+
+func ipField(offset uint32) expr.Any {
+	return &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4}
+}
+
+func lookup(set string, invert bool) expr.Any {
+	return &expr.Lookup{SourceRegister: 1, SetName: set, Invert: invert}
+}
+
+func ipProtocolIPIP() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 9, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_IPIP}},
+	}
+}
+
+func join(parts ...[]expr.Any) []expr.Any { return slices.Concat(parts...) }
+
+func chains() []chainSpec {
+	raw := nftables.ChainPriorityRaw
+	filter := nftables.ChainPriorityFilter
+	srcnat := nftables.ChainPriorityNATSource
+	return []chainSpec{
+		{
+			// At raw priority, before conntrack, like rp_filter: a spoofed
+			// packet leaves no state behind.
+			name: "antispoof", typ: nftables.ChainTypeFilter, hook: nftables.ChainHookPrerouting, priority: raw,
+			rules: []ruleSpec{{
+				// fib saddr . iif oif missing: the source, looked up
+				// restricted to the interface the packet came in on, has
+				// no route back out of it. A pod's own /32 route names its
+				// cali interface; any other source fails.
+				name: RuleAntiSpoof,
+				exprs: join(ifname(expr.MetaKeyIIFNAME, podIfaceGlob), []expr.Any{
+					&expr.Fib{Register: 1, FlagSADDR: true, FlagIIF: true, ResultOIF: true},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0, 0, 0}},
+					&expr.Counter{}, drop,
+				}),
+			}},
+		},
+		{
+			name: "forward", typ: nftables.ChainTypeFilter, hook: nftables.ChainHookForward, priority: filter,
+			rules: []ruleSpec{
+				{name: RuleFromPods, exprs: join(ifname(expr.MetaKeyIIFNAME, podIfaceGlob), []expr.Any{&expr.Counter{}, accept})},
+				{name: RuleToPods, exprs: join(ifname(expr.MetaKeyOIFNAME, podIfaceGlob), []expr.Any{&expr.Counter{}, accept})},
+			},
+		},
+		{
+			// The kernel's ipip device takes IPIP from anyone; the eBPF
+			// datapath checks the source itself, before netfilter, and
+			// these rules then see no IPIP at all.
+			name: "input", typ: nftables.ChainTypeFilter, hook: nftables.ChainHookInput, priority: filter,
+			rules: []ruleSpec{
+				{name: RuleIPIPNodes, exprs: join(ipProtocolIPIP(), []expr.Any{ipField(12), lookup(SetNodeIPs, false), &expr.Counter{}, accept})},
+				{name: RuleIPIPOthers, exprs: join(ipProtocolIPIP(), []expr.Any{&expr.Counter{}, drop})},
+			},
+		},
+		{
+			name: "postrouting", typ: nftables.ChainTypeNAT, hook: nftables.ChainHookPostrouting, priority: srcnat,
+			rules: []ruleSpec{{
+				name: RuleNATOut,
+				exprs: []expr.Any{
+					ipField(12), lookup(SetNATPools, false),
+					ipField(16), lookup(SetPools, true),
+					&expr.Counter{}, &expr.Masq{},
+				},
+			}},
+		},
+	}
+}
+
+// comment is the rule's name and a hash of its expressions: it identifies
+// the rule in the kernel, so a changed definition shows as a different rule.
+func comment(r ruleSpec) (string, error) {
+	h := sha256.New()
+	for _, e := range r.exprs {
+		b, err := expr.Marshal(byte(table.Family), e)
+		if err != nil {
+			return "", fmt.Errorf("encoding rule %q: %w", r.name, err)
+		}
+		h.Write(b)
+	}
+	return fmt.Sprintf("calyx: %s [%s]", r.name, hex.EncodeToString(h.Sum(nil))[:8]), nil
+}
+
+func sets(fw desired.Firewall) []setSpec {
+	var nodes []nftables.SetElement
+	for _, a := range fw.NodeIPs {
+		if a.Is4() {
+			nodes = append(nodes, nftables.SetElement{Key: a.AsSlice()})
+		}
+	}
+	return []setSpec{
+		{name: SetNodeIPs, elems: nodes},
+		{name: SetPools, interval: true, elems: intervals(fw.PoolCIDRs)},
+		{name: SetNATPools, interval: true, elems: intervals(fw.NATPoolCIDRs)},
+	}
+}
+
+// intervals are the elements of an interval set holding prefixes: each
+// range's first address, and the address after its last flagged as an
+// interval end. Overlapping and adjacent ranges are merged first, because
+// the kernel refuses overlapping intervals.
+func intervals(ps []netip.Prefix) []nftables.SetElement {
+	type span struct{ lo, hi uint64 } // hi exclusive; uint64 so 2^32 fits
+	var spans []span
+	for _, p := range ps {
+		if !p.Addr().Is4() {
+			continue
+		}
+		p = p.Masked()
+		lo := uint64(u32(p.Addr()))
+		spans = append(spans, span{lo, lo + 1<<(32-p.Bits())})
+	}
+	slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(a.lo, b.lo) })
+	var merged []span
+	for _, s := range spans {
+		if n := len(merged); n > 0 && s.lo <= merged[n-1].hi {
+			merged[n-1].hi = max(merged[n-1].hi, s.hi)
+			continue
+		}
+		merged = append(merged, s)
+	}
+	var out []nftables.SetElement
+	for _, s := range merged {
+		out = append(out, nftables.SetElement{Key: be32(s.lo)})
+		if s.hi < 1<<32 {
+			out = append(out, nftables.SetElement{Key: be32(s.hi), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+func u32(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func be32(v uint64) []byte { return binaryutil.BigEndian.PutUint32(uint32(v)) }
+
+// Reconcile makes the table match: creates what is missing, rewrites a
+// chain whose rules differ, updates set contents in place, and removes
+// chains and sets of the table that are no longer part of it. Everything
+// goes to the kernel as one transaction.
+func (f *Firewall) Reconcile(fw desired.Firewall) (Result, error) {
+	var res Result
+	c, err := f.Conn()
+	if err != nil {
+		return res, err
+	}
+	if _, err := c.ListTableOfFamily(TableName, table.Family); err != nil {
+		if !errors.Is(err, unix.ENOENT) {
+			return res, fmt.Errorf("reading nftables table ip %s: %w", TableName, err)
+		}
+		res.CreatedTable = true
+	}
+	c.AddTable(table) // creates, or is a no-op on the existing table
+
+	// Sets first: rules refer to them.
+	haveSets := map[string]*nftables.Set{}
+	if !res.CreatedTable {
+		ss, err := c.GetSets(table)
+		if err != nil {
+			return res, fmt.Errorf("listing the sets of table ip %s: %w", TableName, err)
+		}
+		for _, s := range ss {
+			haveSets[s.Name] = s
+		}
+	}
+	wantSets := map[string]bool{}
+	for i, s := range sets(fw) {
+		wantSets[s.name] = true
+		// The ID names the set within one transaction. Choosing it here
+		// keeps AddSet off the library's global counter, which it bumps
+		// without a lock (agents of several nodes share a test process).
+		set := &nftables.Set{Table: table, Name: s.name, ID: uint32(i + 1), KeyType: nftables.TypeIPAddr, Interval: s.interval}
+		have, ok := haveSets[s.name]
+		if ok && have.Interval == s.interval && have.KeyType.Name == nftables.TypeIPAddr.Name {
+			elems, err := c.GetSetElements(have)
+			if err != nil {
+				return res, fmt.Errorf("reading set %s: %w", s.name, err)
+			}
+			if sameElements(elems, s.elems) {
+				continue
+			}
+			res.UpdatedSets = append(res.UpdatedSets, s.name)
+			if s.interval {
+				// An interval is a pair of elements; replacing the
+				// content as a whole, inside the transaction, keeps
+				// every pair intact.
+				c.FlushSet(have)
+				if len(s.elems) > 0 {
+					if err := c.SetAddElements(have, s.elems); err != nil {
+						return res, fmt.Errorf("updating set %s: %w", s.name, err)
+					}
+				}
+				continue
+			}
+			add, del := diffElements(elems, s.elems)
+			if len(del) > 0 {
+				if err := c.SetDeleteElements(have, del); err != nil {
+					return res, fmt.Errorf("updating set %s: %w", s.name, err)
+				}
+			}
+			if len(add) > 0 {
+				if err := c.SetAddElements(have, add); err != nil {
+					return res, fmt.Errorf("updating set %s: %w", s.name, err)
+				}
+			}
+			continue
+		}
+		if ok {
+			// A set of another shape under our name (an older agent):
+			// the rules using it go first, with their chains below.
+			for _, ch := range chains() {
+				c.FlushChain(&nftables.Chain{Table: table, Name: ch.name})
+			}
+			c.DelSet(have)
+			res.RemovedObjects = append(res.RemovedObjects, "set "+s.name)
+		}
+		if err := c.AddSet(set, s.elems); err != nil {
+			return res, fmt.Errorf("creating set %s: %w", s.name, err)
+		}
+		res.UpdatedSets = append(res.UpdatedSets, s.name)
+	}
+
+	haveChains := map[string]*nftables.Chain{}
+	if !res.CreatedTable {
+		all, err := c.ListChainsOfTableFamily(table.Family)
+		if err != nil {
+			return res, fmt.Errorf("listing the chains of table ip %s: %w", TableName, err)
+		}
+		for _, ch := range all {
+			if ch.Table.Name == TableName {
+				haveChains[ch.Name] = ch
+			}
+		}
+	}
+	wantChains := map[string]bool{}
+	for _, spec := range chains() {
+		wantChains[spec.name] = true
+		ch := &nftables.Chain{Table: table, Name: spec.name, Type: spec.typ, Hooknum: spec.hook, Priority: spec.priority}
+		var comments []string
+		for _, r := range spec.rules {
+			cm, err := comment(r)
+			if err != nil {
+				return res, err
+			}
+			comments = append(comments, cm)
+		}
+		have, ok := haveChains[spec.name]
+		if ok && sameChain(have, ch) {
+			rules, err := c.GetRules(table, have)
+			if err != nil {
+				return res, fmt.Errorf("listing the rules of chain %s: %w", spec.name, err)
+			}
+			if slices.Equal(ruleComments(rules), comments) {
+				continue
+			}
+			c.FlushChain(have)
+		} else if ok {
+			c.FlushChain(have)
+			c.DelChain(have)
+		}
+		if !ok || !sameChain(have, ch) {
+			c.AddChain(ch)
+		}
+		for i, r := range spec.rules {
+			c.AddRule(&nftables.Rule{
+				Table: table, Chain: ch, Exprs: r.exprs,
+				UserData: userdata.AppendString(nil, userdata.TypeComment, comments[i]),
+			})
+		}
+		res.RewroteChains = append(res.RewroteChains, spec.name)
+	}
+	for name, ch := range haveChains {
+		if !wantChains[name] {
+			c.FlushChain(ch)
+			c.DelChain(ch)
+			res.RemovedObjects = append(res.RemovedObjects, "chain "+name)
+		}
+	}
+	for name, s := range haveSets {
+		if !wantSets[name] {
+			c.DelSet(s)
+			res.RemovedObjects = append(res.RemovedObjects, "set "+name)
+		}
+	}
+	if !res.Changed() {
+		return res, nil
+	}
+	if err := c.Flush(); err != nil {
+		return res, fmt.Errorf("applying nftables table ip %s: %w (is nf_tables available in this kernel?)", TableName, err)
+	}
+	return res, nil
+}
+
+func sameChain(have, want *nftables.Chain) bool {
+	return have.Type == want.Type &&
+		have.Hooknum != nil && *have.Hooknum == *want.Hooknum &&
+		have.Priority != nil && *have.Priority == *want.Priority
+}
+
+func ruleComments(rules []*nftables.Rule) []string {
+	var out []string
+	for _, r := range rules {
+		cm, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+		out = append(out, cm)
+	}
+	return out
+}
+
+type elemKey struct {
+	key string
+	end bool
+}
+
+func keys(es []nftables.SetElement) map[elemKey]nftables.SetElement {
+	m := make(map[elemKey]nftables.SetElement, len(es))
+	for _, e := range es {
+		m[elemKey{string(e.Key), e.IntervalEnd}] = e
+	}
+	return m
+}
+
+func sameElements(have, want []nftables.SetElement) bool {
+	hk, wk := keys(have), keys(want)
+	if len(hk) != len(wk) {
+		return false
+	}
+	for k := range wk {
+		if _, ok := hk[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func diffElements(have, want []nftables.SetElement) (add, del []nftables.SetElement) {
+	hk, wk := keys(have), keys(want)
+	for k, e := range wk {
+		if _, ok := hk[k]; !ok {
+			add = append(add, e)
+		}
+	}
+	for k, e := range hk {
+		if _, ok := wk[k]; !ok {
+			del = append(del, nftables.SetElement{Key: e.Key, IntervalEnd: e.IntervalEnd})
+		}
+	}
+	return add, del
+}
+
+// Counter is a rule's counter.
+type Counter struct{ Packets, Bytes uint64 }
+
+// Counters reads the counters of the table's rules, by rule name (the
+// constants above).
+func (f *Firewall) Counters() (map[string]Counter, error) {
+	c, err := f.Conn()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]Counter{}
+	for _, spec := range chains() {
+		rules, err := c.GetRules(table, &nftables.Chain{Table: table, Name: spec.name})
+		if err != nil {
+			return nil, fmt.Errorf("reading the rules of chain %s: %w", spec.name, err)
+		}
+		for _, r := range rules {
+			cm, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+			name := strings.TrimPrefix(cm, "calyx: ")
+			if i := strings.LastIndex(name, " ["); i >= 0 {
+				name = name[:i]
+			}
+			for _, e := range r.Exprs {
+				if ctr, ok := e.(*expr.Counter); ok {
+					out[name] = Counter{Packets: ctr.Packets, Bytes: ctr.Bytes}
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// SetContents reads the sets' elements as text (addresses, and ranges as
+// first-last), for tests and calyxctl.
+func (f *Firewall) SetContents() (map[string][]string, error) {
+	c, err := f.Conn()
+	if err != nil {
+		return nil, err
+	}
+	ss, err := c.GetSets(table)
+	if err != nil {
+		return nil, fmt.Errorf("listing the sets of table ip %s: %w", TableName, err)
+	}
+	out := map[string][]string{}
+	for _, s := range ss {
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			return nil, fmt.Errorf("reading set %s: %w", s.Name, err)
+		}
+		out[s.Name] = elementsText(s.Interval, elems)
+	}
+	return out, nil
+}
+
+func elementsText(interval bool, elems []nftables.SetElement) []string {
+	slices.SortFunc(elems, func(a, b nftables.SetElement) int {
+		if c := bytes.Compare(a.Key, b.Key); c != 0 {
+			return c
+		}
+		// At one address an interval's end sorts before the next start.
+		return cmpBool(b.IntervalEnd, a.IntervalEnd)
+	})
+	var out []string
+	if !interval {
+		for _, e := range elems {
+			a, _ := netip.AddrFromSlice(e.Key)
+			out = append(out, a.String())
+		}
+		return out
+	}
+	var start *netip.Addr
+	for _, e := range elems {
+		a, _ := netip.AddrFromSlice(e.Key)
+		if !e.IntervalEnd {
+			start = &a
+			continue
+		}
+		if start != nil {
+			last := netip.AddrFrom4([4]byte(binaryutil.BigEndian.PutUint32(u32(a) - 1)))
+			out = append(out, rangeText(*start, last))
+			start = nil
+		}
+	}
+	if start != nil {
+		out = append(out, rangeText(*start, netip.MustParseAddr("255.255.255.255")))
+	}
+	return out
+}
+
+// rangeText prints a range as a prefix when it is one.
+func rangeText(first, last netip.Addr) string {
+	for bits := 0; bits <= 32; bits++ {
+		p := netip.PrefixFrom(first, bits)
+		if p.Masked().Addr() == first && u32(first)+uint32(uint64(1)<<(32-bits)-1) == u32(last) {
+			return p.String()
+		}
+	}
+	return first.String() + "-" + last.String()
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}

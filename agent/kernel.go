@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+
+	"github.com/calyx-net/calyx/agent/firewall"
+	"github.com/calyx-net/calyx/agent/routes"
+	"github.com/calyx-net/calyx/agent/tunnel"
+)
+
+// watchKernel subscribes to the node's routes, addresses, links and
+// nftables changes: when someone else changes what the agent owns, a sync
+// puts it back at once instead of at the next resync. A subscription that
+// breaks (a full socket buffer drops events) triggers a sync, which
+// covers whatever was lost, and is made again.
+func (a *Agent) watchKernel(ctx context.Context, wg *sync.WaitGroup) {
+	ns := a.ns
+	subscribe := func(name string, run func(done chan struct{}, errc chan error) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				done := make(chan struct{})
+				errc := make(chan error, 1)
+				if err := run(done, errc); err != nil {
+					a.log.Warn("kernel subscription failed; relying on resync meanwhile", "what", name, "err", err)
+				} else {
+					select {
+					case <-ctx.Done():
+					case err := <-errc:
+						a.log.Debug("kernel subscription broke; resubscribing", "what", name, "err", err)
+					}
+				}
+				close(done)
+				a.trigger()
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}()
+	}
+	report := func(errc chan error) func(error) {
+		return func(err error) {
+			select {
+			case errc <- err:
+			default:
+			}
+		}
+	}
+
+	subscribe("routes", func(done chan struct{}, errc chan error) error {
+		ch := make(chan netlink.RouteUpdate, 1024)
+		err := netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{
+			Namespace: &ns, ErrorCallback: report(errc), ReceiveBufferSize: 4 << 20,
+		})
+		if err == nil {
+			go func() {
+				for u := range ch {
+					if u.Protocol == routes.Protocol {
+						a.trigger()
+					}
+				}
+				report(errc)(errClosed)
+			}()
+		}
+		return err
+	})
+	subscribe("addresses", func(done chan struct{}, errc chan error) error {
+		ch := make(chan netlink.AddrUpdate, 256)
+		err := netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{
+			Namespace: &ns, ErrorCallback: report(errc), ReceiveBufferSize: 1 << 20,
+		})
+		if err == nil {
+			go func() {
+				// Pods' veths have no host-side address, so address
+				// changes are rare and all worth a look.
+				for range ch {
+					a.trigger()
+				}
+				report(errc)(errClosed)
+			}()
+		}
+		return err
+	})
+	subscribe("links", func(done chan struct{}, errc chan error) error {
+		ch := make(chan netlink.LinkUpdate, 256)
+		err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
+			Namespace: &ns, ErrorCallback: report(errc), ReceiveBufferSize: 1 << 20,
+		})
+		if err == nil {
+			go func() {
+				for u := range ch {
+					// tunl0, and the eBPF datapath's tunl0-encap.
+					if name := u.Attrs().Name; strings.HasPrefix(name, tunnel.DeviceName) || name == a.underlayName() {
+						a.trigger()
+					}
+				}
+				report(errc)(errClosed)
+			}()
+		}
+		return err
+	})
+	subscribe("nftables", func(done chan struct{}, errc chan error) error {
+		c, err := a.firewall.Conn()
+		if err != nil {
+			return err
+		}
+		mon := nftables.NewMonitor(nftables.WithMonitorEventBuffer(256))
+		events, err := c.AddMonitor(mon)
+		if err != nil {
+			return err
+		}
+		go func() {
+			<-done
+			mon.Close()
+		}()
+		go func() {
+			for ev := range events {
+				if ev.Error != nil || ours(ev.Data) {
+					a.trigger()
+				}
+			}
+			report(errc)(errClosed)
+		}()
+		return nil
+	})
+}
+
+type closedError struct{}
+
+func (closedError) Error() string { return "subscription closed" }
+
+var errClosed = closedError{}
+
+// ours reports whether an nftables event concerns the agent's table.
+func ours(data any) bool {
+	var t *nftables.Table
+	switch d := data.(type) {
+	case *nftables.Table:
+		t = d
+	case *nftables.Chain:
+		t = d.Table
+	case *nftables.Rule:
+		t = d.Table
+	case *nftables.Set:
+		t = d.Table
+	default:
+		return true // elements carry no table: look anyway
+	}
+	return t == nil || t.Name == firewall.TableName
+}

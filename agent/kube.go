@@ -1,0 +1,152 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+
+	calyxclient "github.com/calyx-net/calyx/api/client/clientset/versioned"
+	calyxinformers "github.com/calyx-net/calyx/api/client/informers/externalversions"
+	calyxlisters "github.com/calyx-net/calyx/api/client/listers/api/v1alpha1"
+)
+
+// clients reach the API server; the listers are filled by informers.
+type clients struct {
+	kube  kubernetes.Interface
+	calyx calyxclient.Interface
+
+	pools  calyxlisters.IPPoolLister
+	blocks calyxlisters.IPAMBlockLister
+	nodes  corelisters.NodeLister
+}
+
+func newClients(rc *rest.Config) (*clients, error) {
+	rc = rest.CopyConfig(rc)
+	rc.UserAgent = "calyx-agent"
+	if rc.Timeout == 0 {
+		rc.Timeout = 30 * time.Second
+	}
+	k, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("creating the Kubernetes client: %w", err)
+	}
+	c, err := calyxclient.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("creating the calyx client: %w", err)
+	}
+	return &clients{kube: k, calyx: c}, nil
+}
+
+// probe asks the API server for its version: it answers when it is
+// reachable and our credentials work.
+func (c *clients) probe(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := c.kube.Discovery().RESTClient().Get().AbsPath("/version").Do(ctx).Error(); err != nil {
+		return fmt.Errorf("the API server does not answer: %w; check KUBECONFIG and that kube-apiserver is up", err)
+	}
+	return nil
+}
+
+// startInformers starts the informers on pools, blocks and nodes, each
+// change triggering a sync, and waits for their first lists.
+func (a *Agent) startInformers(ctx context.Context) (stop func(), err error) {
+	c := a.kube
+	ictx, cancel := context.WithCancel(ctx)
+	cf := calyxinformers.NewSharedInformerFactory(c.calyx, 0)
+	kf := informers.NewSharedInformerFactoryWithOptions(c.kube, 0,
+		// The agent reads only nodes' names and annotations; keeping
+		// nothing else holds the cache small in large clusters.
+		informers.WithTransform(func(obj any) (any, error) {
+			n, ok := obj.(*corev1.Node)
+			if !ok {
+				return obj, nil
+			}
+			return &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+				Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Annotations: n.Annotations,
+			}}, nil
+		}))
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.trigger() },
+		UpdateFunc: func(_, _ any) { a.trigger() },
+		DeleteFunc: func(any) { a.trigger() },
+	}
+	watchErr := func(what string) cache.WatchErrorHandlerWithContext {
+		return func(_ context.Context, _ *cache.Reflector, err error) {
+			if apierrors.IsNotFound(err) {
+				err = fmt.Errorf("%w: are calyx's CRDs installed (kubectl apply -f deploy/crds)?", err)
+			}
+			a.check(CheckAPIServer, fmt.Errorf("watching %s: %w", what, err))
+			a.trigger()
+		}
+	}
+	type informer struct {
+		name string
+		inf  cache.SharedIndexInformer
+	}
+	infs := []informer{
+		{"ippools.calyx.dev", cf.Calyx().V1alpha1().IPPools().Informer()},
+		{"ipamblocks.calyx.dev", cf.Calyx().V1alpha1().IPAMBlocks().Informer()},
+		{"nodes", kf.Core().V1().Nodes().Informer()},
+	}
+	for _, i := range infs {
+		if err := i.inf.SetWatchErrorHandlerWithContext(watchErr(i.name)); err != nil {
+			cancel()
+			return nil, err
+		}
+		if _, err := i.inf.AddEventHandler(handler); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
+	c.pools = cf.Calyx().V1alpha1().IPPools().Lister()
+	c.blocks = cf.Calyx().V1alpha1().IPAMBlocks().Lister()
+	c.nodes = kf.Core().V1().Nodes().Lister()
+	cf.Start(ictx.Done())
+	kf.Start(ictx.Done())
+	stop = func() {
+		cancel()
+		cf.Shutdown()
+		kf.Shutdown()
+	}
+	for _, i := range infs {
+		if !cache.WaitForCacheSync(ictx.Done(), i.inf.HasSynced) {
+			stop()
+			return nil, ctx.Err()
+		}
+	}
+	a.check(CheckAPIServer, nil)
+	a.log.Info("informers synced", "ippools", len(list(c.pools.List)), "ipamblocks", len(list(c.blocks.List)), "nodes", len(list(c.nodes.List)))
+	return stop, nil
+}
+
+func list[T any](f func(labels.Selector) ([]T, error)) []T {
+	out, _ := f(labels.Everything())
+	return out
+}
+
+// annotate sets annotations on the node, with a merge patch that leaves
+// every other field to its owner.
+func (c *clients) annotate(ctx context.Context, node string, ann map[string]string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
+	if err != nil {
+		return err
+	}
+	_, err = c.kube.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "calyx-agent"})
+	if err != nil {
+		return fmt.Errorf("annotating node %s: %w", node, err)
+	}
+	return nil
+}

@@ -1,0 +1,143 @@
+// Package metrics is the agent's Prometheus metrics: what it programmed,
+// how long a sync takes, what failed, and the datapath's and firewall's
+// packet counters, read from the kernel when scraped.
+package metrics
+
+import (
+	"net/http"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/calyx-net/calyx/agent/firewall"
+	"github.com/calyx-net/calyx/agent/tunnel"
+)
+
+// Sources are where scrape-time counters come from; any may be nil until
+// the agent has it.
+type Sources struct {
+	Datapath func() tunnel.Datapath
+	Firewall func() (map[string]firewall.Counter, error)
+}
+
+// Metrics are the agent's metrics in a registry of their own.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	RoutesProgrammed prometheus.Gauge
+	RouteChanges     *prometheus.CounterVec // op: add, replace, delete
+	SyncDuration     prometheus.Histogram
+	Syncs            *prometheus.CounterVec // result: ok, error
+	Errors           *prometheus.CounterVec // stage: underlay, apiserver, …
+	Ready            prometheus.Gauge
+	PeerBlocks       prometheus.Gauge
+}
+
+// New registers the metrics.
+func New(src Sources) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		RoutesProgrammed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "calyx_agent_routes_programmed",
+			Help: "Routes with protocol calyx in the main table after the last sync.",
+		}),
+		RouteChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "calyx_agent_route_changes_total",
+			Help: "Routes added, replaced and deleted by the agent.",
+		}, []string{"op"}),
+		SyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "calyx_agent_sync_duration_seconds",
+			Help:    "Time to compute and apply the desired state: tunnel, routes, nftables.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		Syncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "calyx_agent_syncs_total",
+			Help: "Syncs by result.",
+		}, []string{"result"}),
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "calyx_agent_errors_total",
+			Help: "Errors by the stage that failed.",
+		}, []string{"stage"}),
+		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "calyx_agent_ready",
+			Help: "1 when every readiness check passes.",
+		}),
+		PeerBlocks: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "calyx_agent_tunnel_peers",
+			Help: "Remote blocks and borrowed addresses reached through tunl0.",
+		}),
+	}
+	for _, op := range []string{"add", "replace", "delete"} {
+		m.RouteChanges.WithLabelValues(op)
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.Syncs.WithLabelValues(r)
+	}
+	m.Registry.MustRegister(m.RoutesProgrammed, m.RouteChanges, m.SyncDuration, m.Syncs, m.Errors, m.Ready, m.PeerBlocks,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&kernelCounters{src: src})
+	return m
+}
+
+// Handler serves the registry.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}
+
+var (
+	dpInfo    = prometheus.NewDesc("calyx_datapath_info", "The datapath behind tunl0.", []string{"mode"}, nil)
+	dpPackets = prometheus.NewDesc("calyx_datapath_packets_total", "Packets encapsulated (tx) and decapsulated (rx) by the datapath.", []string{"direction"}, nil)
+	dpBytes   = prometheus.NewDesc("calyx_datapath_bytes_total", "Bytes encapsulated (tx) and decapsulated (rx) by the datapath.", []string{"direction"}, nil)
+	dpDrops   = prometheus.NewDesc("calyx_datapath_drops_total", "Packets dropped: tx without a peer or failed encapsulation, rx IPIP from an address that is not a node.", []string{"direction"}, nil)
+	dpRxErrs  = prometheus.NewDesc("calyx_datapath_rx_errors_total", "IPIP packets from a node that could not be delivered (outer fragments, a bad outer header).", nil, nil)
+	dpErrors  = prometheus.NewDesc("calyx_datapath_stats_errors_total", "Scrapes that could not read the datapath counters.", nil, nil)
+	fwPackets = prometheus.NewDesc("calyx_firewall_rule_packets_total", "Packets matched by each rule of the nftables table ip calyx.", []string{"rule"}, nil)
+	fwBytes   = prometheus.NewDesc("calyx_firewall_rule_bytes_total", "Bytes matched by each rule of the nftables table ip calyx.", []string{"rule"}, nil)
+)
+
+// kernelCounters reads counters kept by the kernel at scrape time.
+type kernelCounters struct {
+	src      Sources
+	dpFailed atomic.Uint64
+}
+
+func (k *kernelCounters) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{dpInfo, dpPackets, dpBytes, dpDrops, dpRxErrs, dpErrors, fwPackets, fwBytes} {
+		ch <- d
+	}
+}
+
+func (k *kernelCounters) Collect(ch chan<- prometheus.Metric) {
+	if k.src.Datapath != nil {
+		if dp := k.src.Datapath(); dp != nil {
+			ch <- prometheus.MustNewConstMetric(dpInfo, prometheus.GaugeValue, 1, string(dp.Mode()))
+			if s, err := dp.Stats(); err == nil {
+				for _, v := range []struct {
+					d   *prometheus.Desc
+					dir string
+					n   uint64
+				}{
+					{dpPackets, "tx", s.TxPackets}, {dpPackets, "rx", s.RxPackets},
+					{dpBytes, "tx", s.TxBytes}, {dpBytes, "rx", s.RxBytes},
+					{dpDrops, "tx", s.TxDrops}, {dpDrops, "rx", s.RxDrops},
+				} {
+					ch <- prometheus.MustNewConstMetric(v.d, prometheus.CounterValue, float64(v.n), v.dir)
+				}
+				ch <- prometheus.MustNewConstMetric(dpRxErrs, prometheus.CounterValue, float64(s.RxErrors))
+			} else {
+				k.dpFailed.Add(1)
+			}
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(dpErrors, prometheus.CounterValue, float64(k.dpFailed.Load()))
+	if k.src.Firewall != nil {
+		if cs, err := k.src.Firewall(); err == nil {
+			for rule, c := range cs {
+				ch <- prometheus.MustNewConstMetric(fwPackets, prometheus.CounterValue, float64(c.Packets), rule)
+				ch <- prometheus.MustNewConstMetric(fwBytes, prometheus.CounterValue, float64(c.Bytes), rule)
+			}
+		}
+	}
+}

@@ -1,0 +1,293 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/agent/routes"
+	"github.com/calyx-net/calyx/agent/statedir"
+	"github.com/calyx-net/calyx/agent/underlay"
+	"github.com/calyx-net/calyx/api/v1alpha1"
+	"github.com/calyx-net/calyx/ipam"
+)
+
+// sync makes the node match the desired state once.
+func (a *Agent) sync(ctx context.Context) error {
+	start := time.Now()
+	a.health.Beat()
+	var errs []error
+	fail := func(stage string, err error) {
+		errs = append(errs, err)
+		a.metrics.Errors.WithLabelValues(stage).Inc()
+	}
+
+	// A broken watch marked the API server down; the informers recover by
+	// themselves, this says when.
+	if ok := a.health.Checks()[CheckAPIServer] == ""; !ok {
+		if err := a.check(CheckAPIServer, a.kube.probe(ctx)); err != nil {
+			fail("apiserver", err)
+		}
+	}
+
+	// The NIC's address or MTU may have changed since start-up.
+	if ul, err := underlay.Detect(a.nl, a.method); a.check(CheckUnderlay, err) != nil {
+		fail("underlay", err)
+	} else if ul != a.ul {
+		a.log.Info("underlay changed", "interface", ul.Iface, "address", ul.Addr, "mtu", ul.MTU)
+		a.ul = ul
+		a.ulIface.Store(&ul.Iface)
+	}
+
+	pools, _ := a.kube.pools.List(labels.Everything())
+	blocks, _ := a.kube.blocks.List(labels.Everything())
+	nodes, _ := a.kube.nodes.List(labels.Everything())
+	a.check(CheckPool, poolProblem(pools))
+
+	self := slices.IndexFunc(nodes, func(n *corev1.Node) bool { return n.Name == a.cfg.NodeName })
+	if self < 0 {
+		err := fmt.Errorf("node %s is not in the API: is NODENAME right? (the kubelet registers the Node)", a.cfg.NodeName)
+		a.check(CheckNode, err)
+		fail("node", err)
+	} else {
+		if err := a.register(ctx, nodes[self], pools); err != nil {
+			fail("register", err)
+		}
+		// This node as the agent knows it, whether or not the annotations
+		// are written yet or the informer has brought them back.
+		n := nodes[self].DeepCopy()
+		n.Annotations = mergeAnnotations(n.Annotations, a.annotations())
+		nodes = slices.Clone(nodes)
+		nodes[self] = n
+	}
+
+	st := desired.Compute(desired.Input{
+		Pools: pools, Blocks: blocks, Nodes: nodes, Node: a.cfg.NodeName,
+		Local: desired.Local{Iface: a.ul.Iface, MTU: a.ul.MTU},
+	})
+	if !st.Tunnel.UnderlayIP.IsValid() {
+		st.Tunnel.UnderlayIP = a.ul.Addr.Addr() // a local fact, Node or not
+	}
+	if !slices.Equal(st.Notes, a.last.Notes) {
+		for _, n := range st.Notes {
+			if !slices.Contains(a.last.Notes, n) {
+				a.log.Info("left out of the desired state", "why", n)
+			}
+		}
+	}
+
+	if err := statedir.Write(a.cfg.StateDir, a.cfg.NodeName, a.ul.MTU-desired.EncapOverhead); err != nil {
+		fail("statedir", err)
+	}
+	if a.cfg.ProtocolNamesDir != "" && !a.protoNamed {
+		if err := routes.InstallProtocolName(a.cfg.ProtocolNamesDir); err != nil {
+			a.log.Warn("cannot name route protocol 202 for ip route; routes work regardless", "err", err)
+		}
+		a.protoNamed = true // best effort: said once
+	}
+	if a.cfg.EnableForwarding {
+		if err := a.enableForwarding(); err != nil {
+			fail("forwarding", err)
+		}
+	}
+
+	dp := a.dp.Load()
+	if err := dp.Set(st.Tunnel); a.check(CheckDatapath, err) != nil {
+		fail("datapath", fmt.Errorf("setting up %s: %w", "tunl0", err))
+	}
+	res, err := a.routes.Reconcile(st.Routes)
+	if err != nil {
+		fail("routes", err)
+	}
+	a.metrics.RoutesProgrammed.Set(float64(res.Programmed))
+	a.metrics.RouteChanges.WithLabelValues("add").Add(float64(res.Added))
+	a.metrics.RouteChanges.WithLabelValues("replace").Add(float64(res.Replaced))
+	a.metrics.RouteChanges.WithLabelValues("delete").Add(float64(res.Deleted))
+	a.metrics.PeerBlocks.Set(float64(len(st.Tunnel.Peers)))
+	for _, c := range res.Conflicts {
+		a.log.Warn("route not programmed", "why", c)
+	}
+	fwRes, err := a.firewall.Reconcile(st.Firewall)
+	if err != nil {
+		fail("firewall", err)
+	}
+
+	took := time.Since(start)
+	a.metrics.SyncDuration.Observe(took.Seconds())
+	err = errors.Join(errs...)
+	if err != nil {
+		a.metrics.Syncs.WithLabelValues("error").Inc()
+	} else {
+		a.metrics.Syncs.WithLabelValues("ok").Inc()
+	}
+	a.check(CheckSync, syncProblem(err))
+	if res.Changed() || fwRes.Changed() {
+		a.log.Info("synced", "took", took.Round(time.Microsecond), "routes", res.Programmed,
+			"added", res.Added, "replaced", res.Replaced, "deleted", res.Deleted,
+			"nftables", fwSummary(fwRes), "peers", len(st.Tunnel.Peers))
+	} else {
+		a.log.Debug("in sync", "took", took.Round(time.Microsecond), "routes", res.Programmed)
+	}
+	a.last = st
+	return err
+}
+
+func syncProblem(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("last sync failed: %w", err)
+}
+
+func fwSummary(r interface{ Changed() bool }) string {
+	if !r.Changed() {
+		return "unchanged"
+	}
+	return fmt.Sprintf("%+v", r)
+}
+
+// poolProblem says why the pools cannot give this node addresses, if so.
+func poolProblem(pools []*v1alpha1.IPPool) error {
+	if len(pools) == 0 {
+		return errors.New("no IPPool exists: create one (apiVersion calyx.dev/v1alpha1, kind IPPool, spec.cidr such as 192.168.0.0/16) so that nodes can claim blocks")
+	}
+	for _, p := range pools {
+		if !p.Spec.Disabled {
+			return nil
+		}
+	}
+	return errors.New("every IPPool is disabled: enable one or create a new one")
+}
+
+// annotations are what this agent announces on its Node.
+func (a *Agent) annotations() map[string]string {
+	ann := map[string]string{desired.AnnotationIPv4Address: a.ul.Addr.String()}
+	if a.tunnelAddr.IsValid() {
+		ann[desired.AnnotationTunnelAddress] = a.tunnelAddr.String()
+	}
+	return ann
+}
+
+func mergeAnnotations(have, ours map[string]string) map[string]string {
+	out := make(map[string]string, len(have)+len(ours))
+	for k, v := range have {
+		out[k] = v
+	}
+	for k, v := range ours {
+		out[k] = v
+	}
+	return out
+}
+
+// register announces the node's underlay address and gets its tunnel
+// address from IPAM, once per agent; the node's annotations then say both.
+func (a *Agent) register(ctx context.Context, node *corev1.Node, pools []*v1alpha1.IPPool) error {
+	a.check(CheckNode, nil)
+	var errs []error
+	if !a.tunnelAddr.IsValid() {
+		if err := poolProblem(pools); err != nil {
+			// Not a failure to retry: the pool's creation triggers a sync,
+			// and /readyz already says what is missing.
+			a.check(CheckTunnel, fmt.Errorf("waiting for an IPPool to take tunl0's address from"))
+		} else {
+			actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			asg, err := a.alloc.AssignTunnelAddress(actx, a.cfg.NodeName)
+			cancel()
+			if err != nil {
+				if errors.Is(err, ipam.ErrNoPool) || errors.Is(err, ipam.ErrExhausted) {
+					err = fmt.Errorf("assigning tunl0's address: %w; add or enlarge an IPPool", err)
+				} else {
+					err = fmt.Errorf("assigning tunl0's address: %w", err)
+				}
+				a.check(CheckTunnel, err)
+				errs = append(errs, err)
+			} else {
+				a.check(CheckTunnel, nil)
+				a.tunnelAddr = asg.Addr
+				a.log.Info("tunnel address assigned", "address", asg.Addr, "block", asg.Block, "borrowed", asg.Borrowed)
+			}
+		}
+	}
+	want := a.annotations()
+	differs := false
+	for k, v := range want {
+		if node.Annotations[k] != v {
+			differs = true
+		}
+	}
+	if differs {
+		if err := a.kube.annotate(ctx, a.cfg.NodeName, want); err != nil {
+			a.check(CheckNode, err)
+			errs = append(errs, err)
+		} else {
+			a.log.Info("node annotated", "annotations", want)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// enableForwarding sets net.ipv4.ip_forward in the node's namespace. A
+// sysctl under /proc/sys/net belongs to the namespace of the thread that
+// opens it, so the write happens on a thread switched into the namespace
+// and back.
+func (a *Agent) enableForwarding() error {
+	const path = "/proc/sys/net/ipv4/ip_forward"
+	err := inNetNS(a.ns, func() error {
+		b, err := os.ReadFile(path)
+		if err == nil && strings.TrimSpace(string(b)) == "1" {
+			return nil
+		}
+		return os.WriteFile(path, []byte("1\n"), 0o644)
+	})
+	if err != nil {
+		return fmt.Errorf("enabling IPv4 forwarding (%s): %w", path, err)
+	}
+	return nil
+}
+
+// inNetNS runs f on an OS thread switched into ns and back. The thread
+// returns to the scheduler afterwards rather than ending: a process forked
+// with Pdeathsig from a thread dies when that thread does. Only when the
+// switch back fails is the thread left locked, to die with its goroutine.
+func inNetNS(ns netns.NsHandle, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("reading the thread's namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("entering the node's namespace: %w", err)
+			return
+		}
+		ferr := f()
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("leaving the node's namespace: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+func (a *Agent) underlayName() string {
+	if p := a.ulIface.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
