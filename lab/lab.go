@@ -114,6 +114,11 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if _, err := ReadState(opts.Dir); err == nil {
 		return nil, fmt.Errorf("a lab is already up in %s: use it, or run `calyx-lab down` first", opts.Dir)
 	}
+	// The namespaces have fixed names: a second lab, from another
+	// directory, would take over the first one's nodes.
+	if _, err := os.Stat(netnsPath(ControlPlaneNode)); err == nil {
+		return nil, fmt.Errorf("network namespace %s exists: another lab is up on this machine; run `calyx-lab down --dir <its dir>` (or `ip netns del` its namespaces) first", ControlPlaneNode)
+	}
 	l := &Lab{opts: opts, agents: map[string]*process{}}
 	defer func() {
 		if err != nil {
