@@ -30,6 +30,8 @@ type clients struct {
 	pools  calyxlisters.IPPoolLister
 	blocks calyxlisters.IPAMBlockLister
 	nodes  corelisters.NodeLister
+	// services are read for calyx.dev/conntrack-helper.
+	services corelisters.ServiceLister
 }
 
 func newClients(rc *rest.Config) (*clients, error) {
@@ -69,14 +71,22 @@ func (a *Agent) startInformers(ctx context.Context) (stop func(), err error) {
 	kf := informers.NewSharedInformerFactoryWithOptions(c.kube, 0,
 		// The agent reads only nodes' names and annotations; keeping
 		// nothing else holds the cache small in large clusters.
+		// Of Services, only what conntrack helpers match on.
 		informers.WithTransform(func(obj any) (any, error) {
-			n, ok := obj.(*corev1.Node)
-			if !ok {
-				return obj, nil
+			switch o := obj.(type) {
+			case *corev1.Node:
+				return &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+					Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion, Annotations: o.Annotations,
+				}}, nil
+			case *corev1.Service:
+				return &corev1.Service{
+					ObjectMeta: metav1.ObjectMeta{
+						Namespace: o.Namespace, Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion, Annotations: o.Annotations,
+					},
+					Spec: corev1.ServiceSpec{ClusterIP: o.Spec.ClusterIP, ClusterIPs: o.Spec.ClusterIPs, Ports: o.Spec.Ports},
+				}, nil
 			}
-			return &corev1.Node{ObjectMeta: metav1.ObjectMeta{
-				Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Annotations: n.Annotations,
-			}}, nil
+			return obj, nil
 		}))
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { a.trigger() },
@@ -100,6 +110,7 @@ func (a *Agent) startInformers(ctx context.Context) (stop func(), err error) {
 		{"ippools.calyx.dev", cf.Calyx().V1alpha1().IPPools().Informer()},
 		{"ipamblocks.calyx.dev", cf.Calyx().V1alpha1().IPAMBlocks().Informer()},
 		{"nodes", kf.Core().V1().Nodes().Informer()},
+		{"services", kf.Core().V1().Services().Informer()},
 	}
 	for _, i := range infs {
 		if err := i.inf.SetWatchErrorHandlerWithContext(watchErr(i.name)); err != nil {
@@ -114,6 +125,7 @@ func (a *Agent) startInformers(ctx context.Context) (stop func(), err error) {
 	c.pools = cf.Calyx().V1alpha1().IPPools().Lister()
 	c.blocks = cf.Calyx().V1alpha1().IPAMBlocks().Lister()
 	c.nodes = kf.Core().V1().Nodes().Lister()
+	c.services = kf.Core().V1().Services().Lister()
 	cf.Start(ictx.Done())
 	kf.Start(ictx.Done())
 	stop = func() {

@@ -52,6 +52,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	pools, _ := a.kube.pools.List(labels.Everything())
 	blocks, _ := a.kube.blocks.List(labels.Everything())
 	nodes, _ := a.kube.nodes.List(labels.Everything())
+	services, _ := a.kube.services.List(labels.Everything())
 	a.check(CheckPool, poolProblem(pools))
 
 	self := slices.IndexFunc(nodes, func(n *corev1.Node) bool { return n.Name == a.cfg.NodeName })
@@ -72,7 +73,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 
 	st := desired.Compute(desired.Input{
-		Pools: pools, Blocks: blocks, Nodes: nodes, Node: a.cfg.NodeName,
+		Pools: pools, Blocks: blocks, Nodes: nodes, Services: services, Node: a.cfg.NodeName,
 		Local: desired.Local{Iface: a.ul.Iface, MTU: a.ul.MTU},
 	})
 	if !st.Tunnel.UnderlayIP.IsValid() {

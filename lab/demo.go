@@ -203,6 +203,12 @@ func Demo(ctx context.Context, opts DemoOptions) (err error) {
 		problems = append(problems, fmt.Sprintf("the server's log does not show a request from the client pod %s:\n%s", client.IP, logText))
 	}
 
+	svcProblems, err := demoService(ctx, l, out, server, client)
+	if err != nil {
+		return err
+	}
+	problems = append(problems, svcProblems...)
+
 	for _, w := range []struct {
 		file string
 		idx  int

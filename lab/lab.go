@@ -62,6 +62,9 @@ type Lab struct {
 	Kube   kubernetes.Interface
 	Calyx  versioned.Interface
 	agents map[string]*process
+	// kubeProcs are kube-controller-manager and the kube-proxies.
+	kubeProcs []*process
+	kcm       *process
 }
 
 // NodeName is the name of worker i (0-based): learn-k8s-2, learn-k8s-3, …
@@ -109,6 +112,9 @@ func (l *Lab) step(what string, fn func() error) error {
 func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	opts.defaults()
 	if err := checkBinaries(opts.BinDir); err != nil {
+		return nil, err
+	}
+	if err := checkIptables(opts.Progress); err != nil {
 		return nil, err
 	}
 	if _, err := ReadState(opts.Dir); err == nil {
@@ -203,6 +209,29 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
+	err = l.step(fmt.Sprintf("kube-controller-manager on %s, kube-proxy (iptables mode) on every worker", ControlPlaneNode), func() error {
+		kcm, proxy, err := l.ensureKubeBinaries(ctx)
+		if err != nil {
+			return err
+		}
+		if err := l.startControllerManager(kcm); err != nil {
+			return err
+		}
+		for _, n := range nodes[1:] {
+			if err := l.startKubeProxy(n, proxy); err != nil {
+				return err
+			}
+		}
+		for _, n := range nodes[1:] {
+			if err := l.waitKubeProxy(ctx, n, 60*time.Second); err != nil {
+				return err
+			}
+		}
+		return l.waitControllerManager(ctx, 60*time.Second)
+	})
+	if err != nil {
+		return nil, err
+	}
 	return l, nil
 }
 
@@ -285,10 +314,13 @@ func down(dir string, l *Lab) error {
 		s = &State{}
 	}
 	for _, p := range s.Pods {
-		killPID(p.CommandPID)
+		killPod(p.CommandPID)
 		deleteNetNS(p.NetNS)
 	}
 	if l != nil {
+		for _, p := range l.kubeProcs {
+			p.stop()
+		}
 		for _, a := range l.agents {
 			a.stop()
 		}
@@ -303,6 +335,9 @@ func down(dir string, l *Lab) error {
 	}
 	for _, n := range s.Nodes {
 		killPID(n.AgentPID)
+	}
+	for _, pid := range s.KubePIDs {
+		killPID(pid)
 	}
 	nodes := map[string]bool{}
 	for _, n := range s.Nodes {
@@ -327,6 +362,16 @@ func down(dir string, l *Lab) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// killPod ends a pod's command and everything it started (tftpd-hpa
+// forks a child per transfer): the command leads a session and process
+// group of its own, as a container's processes share its fate.
+func killPod(pid int) {
+	if pid > 0 {
+		syscall.Kill(-pid, syscall.SIGKILL)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
 
 // killPID ends a process the lab started, if it still runs.

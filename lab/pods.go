@@ -146,7 +146,7 @@ func (c *Client) DelPod(ctx context.Context, key string) error {
 		return fmt.Errorf("no pod %s in the lab: `calyx-lab status` lists them", key)
 	}
 	node, _ := s.Node(p.Node)
-	killPID(p.CommandPID)
+	killPod(p.CommandPID)
 	var errs []error
 	if node != nil {
 		if err := cniDel(ctx, node, p); err != nil {

@@ -22,6 +22,8 @@ type State struct {
 	APIServer     string      `json:"apiServer"`
 	Nodes         []NodeState `json:"nodes"`
 	Pods          []PodState  `json:"pods"`
+	// KubePIDs are kube-controller-manager's and the kube-proxies'.
+	KubePIDs []int `json:"kubePIDs,omitempty"`
 }
 
 // NodeState is one node namespace.

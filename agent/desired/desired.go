@@ -1,5 +1,5 @@
 // Package desired computes what a node's routes, tunnel and firewall sets
-// should be from the cluster's pools, blocks and nodes. It is pure: the
+// should be from the cluster's pools, blocks, nodes and Services. It is pure: the
 // agent applies its result, and calyxctl compares it with what a node has.
 package desired
 
@@ -104,6 +104,9 @@ type Firewall struct {
 	// NATPoolCIDRs are the ranges of pools with natOutgoing: their pods'
 	// traffic leaving all pools is masqueraded.
 	NATPoolCIDRs []netip.Prefix
+	// Helpers attach conntrack helpers to Services that ask for one,
+	// sorted.
+	Helpers []Helper
 }
 
 // Local are facts about this node the API does not hold.
@@ -118,6 +121,8 @@ type Input struct {
 	Pools  []*v1alpha1.IPPool
 	Blocks []*v1alpha1.IPAMBlock
 	Nodes  []*corev1.Node
+	// Services are read for their conntrack helper annotation.
+	Services []*corev1.Service
 	// Node is the name of the node the state is for.
 	Node  string
 	Local Local
@@ -294,6 +299,9 @@ func Compute(in Input) State {
 		slices.SortFunc(*s, ComparePrefix)
 		*s = slices.Compact(*s)
 	}
+	var helperNotes []string
+	st.Firewall.Helpers, helperNotes = helpers(in.Services)
+	st.Notes = append(st.Notes, helperNotes...)
 	slices.Sort(st.Notes)
 	return st
 }

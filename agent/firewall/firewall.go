@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -48,6 +49,15 @@ const (
 	RuleIPIPNodes  = "accept IPIP from cluster nodes"
 	RuleIPIPOthers = "drop IPIP from anyone else"
 	RuleNATOut     = "masquerade pod traffic leaving all pools"
+	// RuleHelper starts the name of each conntrack helper rule.
+	RuleHelper = "conntrack helper"
+)
+
+// Chains that attach conntrack helpers: one for packets from pods and
+// other hosts, one for the node's own.
+const (
+	ChainHelpersPrerouting = "helpers-prerouting"
+	ChainHelpersOutput     = "helpers-output"
 )
 
 // Firewall reconciles the table in one network namespace.
@@ -77,12 +87,13 @@ type Result struct {
 	CreatedTable   bool
 	RewroteChains  []string
 	UpdatedSets    []string
+	AddedObjects   []string
 	RemovedObjects []string
 }
 
 // Changed reports whether Reconcile changed anything.
 func (r Result) Changed() bool {
-	return r.CreatedTable || len(r.RewroteChains)+len(r.UpdatedSets)+len(r.RemovedObjects) > 0
+	return r.CreatedTable || len(r.RewroteChains)+len(r.UpdatedSets)+len(r.AddedObjects)+len(r.RemovedObjects) > 0
 }
 
 // chainSpec is one of the table's chains with its rules.
@@ -135,7 +146,52 @@ func ipProtocolIPIP() []expr.Any {
 
 func join(parts ...[]expr.Any) []expr.Any { return slices.Concat(parts...) }
 
-func chains() []chainSpec {
+// helperPriority is where the helper chains run: after conntrack (-200)
+// has made the new connection's entry, which `ct helper set` attaches the
+// helper to (before it there is no entry, and the statement does nothing),
+// and before kube-proxy's DNAT (-100) rewrites the ClusterIP the rules
+// match. The iptables equivalent, `-j CT --helper`, works from the raw
+// table because it leaves a template that conntrack then uses.
+var helperPriority = nftables.ChainPriorityRef(-150)
+
+// helperObject is the name of the table's ct helper object for h.
+func helperObject(h desired.Helper) string { return h.Name + "-" + h.Protocol }
+
+func l4proto(p string) byte {
+	if p == "tcp" {
+		return unix.IPPROTO_TCP
+	}
+	return unix.IPPROTO_UDP
+}
+
+// helperRules attach each helper to new connections to its address and
+// port; a NodePort matches any of the node's own addresses.
+func helperRules(hs []desired.Helper) []ruleSpec {
+	var out []ruleSpec
+	for _, h := range hs {
+		exprs := []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l4proto(h.Protocol)}},
+		}
+		if h.Addr.IsValid() {
+			exprs = append(exprs, ipField(16), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: h.Addr.AsSlice()})
+		} else {
+			exprs = append(exprs,
+				&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)})
+		}
+		exprs = append(exprs,
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(h.Port)},
+			&expr.Counter{},
+			&expr.Objref{Type: int(nftables.ObjTypeCtHelper), Name: helperObject(h)},
+		)
+		out = append(out, ruleSpec{name: RuleHelper + " " + h.String(), exprs: exprs})
+	}
+	return out
+}
+
+func chains(fw desired.Firewall) []chainSpec {
 	raw := nftables.ChainPriorityRaw
 	filter := nftables.ChainPriorityFilter
 	srcnat := nftables.ChainPriorityNATSource
@@ -185,7 +241,21 @@ func chains() []chainSpec {
 				},
 			}},
 		},
+		{name: ChainHelpersPrerouting, typ: nftables.ChainTypeFilter, hook: nftables.ChainHookPrerouting, priority: helperPriority, rules: helperRules(fw.Helpers)},
+		{name: ChainHelpersOutput, typ: nftables.ChainTypeFilter, hook: nftables.ChainHookOutput, priority: helperPriority, rules: helperRules(fw.Helpers)},
 	}
+}
+
+// helperObjects are the ct helper objects the helpers refer to.
+func helperObjects(hs []desired.Helper) map[string]*nftables.NamedObj {
+	out := map[string]*nftables.NamedObj{}
+	for _, h := range hs {
+		out[helperObject(h)] = &nftables.NamedObj{
+			Table: table, Name: helperObject(h), Type: nftables.ObjTypeCtHelper,
+			Obj: &expr.CtHelper{Name: h.Name, L3Proto: unix.NFPROTO_IPV4, L4Proto: l4proto(h.Protocol)},
+		}
+	}
+	return out
 }
 
 // comment is the rule's name and a hash of its expressions: it identifies
@@ -331,7 +401,7 @@ func (f *Firewall) Reconcile(fw desired.Firewall) (Result, error) {
 		if ok {
 			// A set of another shape under our name (an older agent):
 			// the rules using it go first, with their chains below.
-			for _, ch := range chains() {
+			for _, ch := range chains(fw) {
 				c.FlushChain(&nftables.Chain{Table: table, Name: ch.name})
 			}
 			c.DelSet(have)
@@ -341,6 +411,34 @@ func (f *Firewall) Reconcile(fw desired.Firewall) (Result, error) {
 			return res, fmt.Errorf("creating set %s: %w", s.name, err)
 		}
 		res.UpdatedSets = append(res.UpdatedSets, s.name)
+	}
+
+	// Helper objects before the rules that refer to them; unused ones
+	// go at the end, after the rules referring to them.
+	haveObjs := map[string]*nftables.NamedObj{}
+	if !res.CreatedTable {
+		objs, err := c.GetNamedObjects(table)
+		if err != nil {
+			return res, fmt.Errorf("listing the objects of table ip %s: %w", TableName, err)
+		}
+		for _, o := range objs {
+			if no, ok := o.(*nftables.NamedObj); ok && no.Type == nftables.ObjTypeCtHelper {
+				haveObjs[no.Name] = no
+			}
+		}
+	}
+	wantObjs := helperObjects(fw.Helpers)
+	for _, name := range slices.Sorted(maps.Keys(wantObjs)) {
+		o := wantObjs[name]
+		if have, ok := haveObjs[name]; ok {
+			if h, ok := have.Obj.(*expr.CtHelper); ok && *h == *o.Obj.(*expr.CtHelper) {
+				continue
+			}
+			// The kernel cannot change a helper object in place.
+			return res, fmt.Errorf("ct helper %s in table ip %s is not what calyx makes: delete the table (nft delete table ip %s) and the agent recreates it", name, TableName, TableName)
+		}
+		c.AddObj(o)
+		res.AddedObjects = append(res.AddedObjects, "ct helper "+name)
 	}
 
 	haveChains := map[string]*nftables.Chain{}
@@ -356,7 +454,7 @@ func (f *Firewall) Reconcile(fw desired.Firewall) (Result, error) {
 		}
 	}
 	wantChains := map[string]bool{}
-	for _, spec := range chains() {
+	for _, spec := range chains(fw) {
 		wantChains[spec.name] = true
 		ch := &nftables.Chain{Table: table, Name: spec.name, Type: spec.typ, Hooknum: spec.hook, Priority: spec.priority}
 		var comments []string
@@ -403,6 +501,13 @@ func (f *Firewall) Reconcile(fw desired.Firewall) (Result, error) {
 		if !wantSets[name] {
 			c.DelSet(s)
 			res.RemovedObjects = append(res.RemovedObjects, "set "+name)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(haveObjs)) {
+		o := haveObjs[name]
+		if _, ok := wantObjs[name]; !ok {
+			c.DeleteObject(o)
+			res.RemovedObjects = append(res.RemovedObjects, "ct helper "+name)
 		}
 	}
 	if !res.Changed() {
@@ -481,7 +586,7 @@ func (f *Firewall) Counters() (map[string]Counter, error) {
 		return nil, err
 	}
 	out := map[string]Counter{}
-	for _, spec := range chains() {
+	for _, spec := range chains(desired.Firewall{}) {
 		rules, err := c.GetRules(table, &nftables.Chain{Table: table, Name: spec.name})
 		if err != nil {
 			return nil, fmt.Errorf("reading the rules of chain %s: %w", spec.name, err)

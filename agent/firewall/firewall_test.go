@@ -32,7 +32,7 @@ func rulesOf(t *testing.T, f *Firewall) (map[string][]string, map[string][]uint6
 		t.Fatal(err)
 	}
 	comments, handles := map[string][]string{}, map[string][]uint64{}
-	for _, ch := range chains() {
+	for _, ch := range chains(desired.Firewall{}) {
 		rules, err := c.GetRules(table, &nftables.Chain{Table: table, Name: ch.name})
 		if err != nil {
 			t.Fatalf("rules of %s: %v", ch.name, err)
@@ -48,7 +48,7 @@ func rulesOf(t *testing.T, f *Firewall) (map[string][]string, map[string][]uint6
 
 func wantRules(t *testing.T) map[string][]string {
 	out := map[string][]string{}
-	for _, ch := range chains() {
+	for _, ch := range chains(desired.Firewall{}) {
 		for _, r := range ch.rules {
 			cm, err := comment(r)
 			if err != nil {

@@ -174,14 +174,22 @@ func cmdStatus(args []string) error {
 	}
 	ctx := context.Background()
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "NODE\tUNDERLAY IP\tAGENT\n")
+	fmt.Fprintf(w, "NODE\tUNDERLAY IP\tAGENT\tKUBE-PROXY\n")
 	for _, n := range s.Nodes {
 		ready, msg := lab.AgentReady(ctx, n.NetNS)
 		state := "ready"
 		if !ready {
 			state = "not ready: " + msg
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\n", n.Name, n.IP, state)
+		proxy := "-"
+		if n.Name != lab.ControlPlaneNode {
+			if mode, err := lab.ProxyMode(ctx, n.NetNS); err != nil {
+				proxy = "not answering: " + err.Error()
+			} else {
+				proxy = mode + " mode"
+			}
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", n.Name, n.IP, state, proxy)
 	}
 	w.Flush()
 	fmt.Println()
@@ -286,4 +294,59 @@ func cmdExec(args []string) {
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+func cmdService(args []string) error {
+	if len(args) < 2 || (args[0] != "add" && args[0] != "del") {
+		return errors.New("usage: calyx-lab service add NS/NAME --selector k=v --port 69/UDP [--cluster-ip IP] [--annotation k=v] | service del NS/NAME")
+	}
+	verb, key := args[0], args[1]
+	ns, name, ok := strings.Cut(key, "/")
+	if !ok {
+		return fmt.Errorf("%q: give the service as NAMESPACE/NAME", key)
+	}
+	fs := flag.NewFlagSet("service "+verb, flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	var selector, annotations labelFlag
+	var ports portsFlag
+	fs.Var(&selector, "selector", "a selector label k=v (repeatable)")
+	fs.Var(&ports, "port", "a port as PORT/PROTOCOL, e.g. 69/UDP (repeatable)")
+	fs.Var(&annotations, "annotation", "an annotation k=v (repeatable), e.g. calyx.dev/conntrack-helper=tftp")
+	clusterIP := fs.String("cluster-ip", "", "the ClusterIP to ask for (default: allocated)")
+	if err := fs.Parse(args[2:]); err != nil {
+		return err
+	}
+	client, err := lab.NewClient(c.dir)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if verb == "del" {
+		if err := client.DelService(ctx, key); err != nil {
+			return err
+		}
+		fmt.Printf("service %s deleted\n", key)
+		return nil
+	}
+	if len(selector) == 0 {
+		return errors.New("--selector is required: the pods' label k=v, as given to `calyx-lab pod add --label`")
+	}
+	svc, err := client.AddService(ctx, lab.ServiceSpec{Namespace: ns, Name: name, Selector: selector, Ports: ports, ClusterIP: *clusterIP, Annotations: annotations})
+	if err != nil {
+		return err
+	}
+	fmt.Println(svc.Spec.ClusterIP)
+	return nil
+}
+
+type portsFlag []string
+
+func (p *portsFlag) String() string { return strings.Join(*p, ",") }
+func (p *portsFlag) Set(v string) error {
+	if _, err := lab.ParsePort(v); err != nil {
+		return err
+	}
+	*p = append(*p, v)
+	return nil
 }

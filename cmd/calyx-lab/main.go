@@ -15,6 +15,9 @@ const usage = `calyx-lab: a Kubernetes cluster in network namespaces, with calyx
   calyx-lab status                           nodes, pods, addresses, agents' readiness
   calyx-lab pod add NS/NAME --node NODE [--label k=v] [-- COMMAND ARGS…]
   calyx-lab pod del NS/NAME
+  calyx-lab service add NS/NAME --selector k=v --port 69/UDP [--cluster-ip IP] [--annotation k=v]
+                                             a ClusterIP Service; prints its ClusterIP
+  calyx-lab service del NS/NAME
   calyx-lab exec NODE|NS/NAME -- COMMAND…    run a command in a node's or pod's network namespace
   calyx-lab demo [--keep]                    the TFTP journey across two nodes, captured on every hop
 
@@ -40,6 +43,8 @@ func main() {
 		err = cmdStatus(args)
 	case "pod":
 		err = cmdPod(args)
+	case "service":
+		err = cmdService(args)
 	case "exec":
 		cmdExec(args) // exits with the command's code
 	case "demo":

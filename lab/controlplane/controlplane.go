@@ -517,3 +517,11 @@ func (cp *ControlPlane) Stop() error {
 	}
 	return errors.Join(errs...)
 }
+
+// CACertFile is the cluster CA's certificate: kube-controller-manager
+// hands it to service accounts as their root CA.
+func (cp *ControlPlane) CACertFile() string { return cp.pki.CACert }
+
+// ServiceAccountKeyFile is the private key kube-apiserver verifies service
+// account tokens with; kube-controller-manager signs them with it.
+func (cp *ControlPlane) ServiceAccountKeyFile() string { return cp.pki.SAKey }

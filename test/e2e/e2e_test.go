@@ -94,7 +94,9 @@ func TestDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("demo took %s", time.Since(begin).Round(time.Millisecond))
-	for _, want := range []string{"via 10.10.100.208 dev tunl0 proto calyx onlink", "eth:ip:ip:udp:tftp", "outer 10.10.100.209 → 10.10.100.208 proto 4"} {
+	for _, want := range []string{"via 10.10.100.208 dev tunl0 proto calyx onlink", "eth:ip:ip:udp:tftp", "outer 10.10.100.209 → 10.10.100.208 proto 4",
+		// The Service: kube-proxy's chains, the request to the ClusterIP.
+		"KUBE-SERVICES → KUBE-SVC-", "-j DNAT --to-destination 192.168.", "→ 10.96.62.142:69  RRQ test.bin"} {
 		if !strings.Contains(log.String(), want) {
 			t.Errorf("the demo's output lacks %q", want)
 		}
