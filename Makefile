@@ -33,6 +33,8 @@ build:
 		echo ">> go build $$t"; \
 		CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/$$(basename $$t) $$t || exit 1; \
 	done
+	@# calyxctl is also a kubectl plugin: `kubectl calyx …` with bin/ in PATH.
+	@ln -sf calyxctl $(BIN)/kubectl-calyx
 
 # The reference scenario, live: a TFTP download between pods on two nodes
 # of a lab of network namespaces, captured on every hop.
@@ -59,7 +61,7 @@ lint:
 # -p 1: the integration tests each start a kube-apiserver and build real
 # binaries; on a 2-core machine running packages one at a time is faster
 # than letting them fight. Tests inside a package still run in parallel.
-test: lint verify-generate verify-bpf
+test: lint verify-generate verify-bpf verify-manifests
 	$(GO) test -p 1 -count=1 -timeout 30m ./...
 
 clean:
@@ -84,3 +86,34 @@ verify-bpf:
 	for f in $(BPF_GENERATED); do \
 		cmp -s $$tmp/$$f $(BPF_PKG)/$$f || { echo "$(BPF_PKG)/$$f is stale: run 'make bpf' and commit"; exit 1; }; \
 	done && echo "BPF objects are up to date"
+
+# deploy/calyx.yaml, what users apply, assembled from deploy/crds and
+# deploy/parts by hack/gen-manifests.sh.
+.PHONY: manifests verify-manifests image e2e-kind shellcheck
+
+manifests:
+	hack/gen-manifests.sh
+
+# Regenerates into a scratch directory and compares, so an edit to
+# deploy/parts or the CRDs without `make manifests` fails here.
+verify-manifests:
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	OUT=$$tmp hack/gen-manifests.sh && \
+	{ diff -u deploy/calyx.yaml $$tmp/deploy/calyx.yaml || { echo "deploy/calyx.yaml is stale: run 'make manifests' and commit"; exit 1; }; } && \
+	echo "deploy/calyx.yaml is up to date"
+
+# The image the DaemonSet runs, as a tarball that `docker load` and
+# `kind load image-archive` accept, built without a Docker daemon.
+IMAGE ?= ghcr.io/calyx-net/calyx:dev
+IMAGE_TAR ?= $(BIN)/calyx-image.tar
+
+image: build
+	$(GO) run ./hack/image --bin-dir $(BIN) --tag $(IMAGE) --out $(IMAGE_TAR)
+
+# A kind cluster (1 control plane, 2 workers) with calyx, and the
+# scenarios on it. Needs Docker, kind, kubectl and the network: not in CI.
+e2e-kind: image
+	IMAGE=$(IMAGE) IMAGE_TAR=$(IMAGE_TAR) test/kind/e2e.sh
+
+shellcheck:
+	shellcheck $$(find . -name "*.sh" -not -path "./.git/*" -not -path "./bin/*")

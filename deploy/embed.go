@@ -14,3 +14,9 @@ var CRDs embed.FS
 //
 //go:embed 10-calyx.conflist
 var Conflist []byte
+
+// Manifest is deploy/calyx.yaml, everything `kubectl apply` installs
+// (make manifests).
+//
+//go:embed calyx.yaml
+var Manifest []byte

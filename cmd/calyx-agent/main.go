@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/calyx-net/calyx/agent"
+	"github.com/calyx-net/calyx/agent/installcni"
 	"github.com/calyx-net/calyx/agent/routes"
 	"github.com/calyx-net/calyx/agent/statedir"
 )
@@ -37,20 +38,29 @@ func env(name, def string) string {
 }
 
 func run(args []string) int {
+	if len(args) > 0 && args[0] == "install-cni" {
+		return installCNI(args[1:])
+	}
+	if len(args) > 0 && args[0] == "ippool-init" {
+		return ippoolInit(args[1:])
+	}
 	fs := flag.NewFlagSet("calyx-agent", flag.ContinueOnError)
 	var (
-		nodeName    = fs.String("node-name", env("NODENAME", ""), "name of this node's Node object; default the host name [NODENAME]")
-		kubeconfig  = fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig file; empty means the in-cluster configuration [KUBECONFIG]")
-		underlay    = fs.String("underlay", env("CALYX_UNDERLAY", "first-found"), "how to find the underlay NIC and address: first-found, interface=REGEX or can-reach=IP [CALYX_UNDERLAY]")
-		datapath    = fs.String("ipip-datapath", env("CALYX_IPIP_DATAPATH", "auto"), "tunl0's datapath: auto, kernel (the ipip module) or ebpf (tc programs) [CALYX_IPIP_DATAPATH]")
-		stateDir    = fs.String("state-dir", env("CALYX_STATE_DIR", statedir.Default), "where to write the nodename and mtu files the CNI plugin reads [CALYX_STATE_DIR]")
-		protosDir   = fs.String("rt-protos-dir", env("CALYX_RT_PROTOS_DIR", routes.ProtocolNamesDir), "iproute2 directory to name route protocol 202 \"calyx\" in; empty skips it [CALYX_RT_PROTOS_DIR]")
-		healthAddr  = fs.String("health-address", env("CALYX_HEALTH_ADDRESS", ":9099"), "address serving /readyz and /livez [CALYX_HEALTH_ADDRESS]")
-		metricsAddr = fs.String("metrics-address", env("CALYX_METRICS_ADDRESS", ":9091"), "address serving /metrics; empty or equal to --health-address serves it there [CALYX_METRICS_ADDRESS]")
-		resync      = fs.Duration("resync-period", durationEnv("CALYX_RESYNC_PERIOD", 30*time.Second), "full sync interval when nothing happens [CALYX_RESYNC_PERIOD]")
-		forwarding  = fs.Bool("enable-ip-forwarding", boolEnv("CALYX_ENABLE_IP_FORWARDING", true), "set net.ipv4.ip_forward=1, which routing pod traffic needs [CALYX_ENABLE_IP_FORWARDING]")
-		logLevel    = fs.String("log-level", env("CALYX_LOG_LEVEL", "info"), "debug, info, warn or error [CALYX_LOG_LEVEL]")
-		logFormat   = fs.String("log-format", env("CALYX_LOG_FORMAT", "text"), "text or json [CALYX_LOG_FORMAT]")
+		nodeName      = fs.String("node-name", env("NODENAME", ""), "name of this node's Node object; default the host name [NODENAME]")
+		kubeconfig    = fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig file; empty means the in-cluster configuration [KUBECONFIG]")
+		underlay      = fs.String("underlay", env("CALYX_UNDERLAY", "first-found"), "how to find the underlay NIC and address: first-found, interface=REGEX or can-reach=IP [CALYX_UNDERLAY]")
+		datapath      = fs.String("ipip-datapath", env("CALYX_IPIP_DATAPATH", "auto"), "tunl0's datapath: auto, kernel (the ipip module) or ebpf (tc programs) [CALYX_IPIP_DATAPATH]")
+		stateDir      = fs.String("state-dir", env("CALYX_STATE_DIR", statedir.Default), "where to write the nodename and mtu files the CNI plugin reads [CALYX_STATE_DIR]")
+		protosDir     = fs.String("rt-protos-dir", env("CALYX_RT_PROTOS_DIR", routes.ProtocolNamesDir), "iproute2 directory to name route protocol 202 \"calyx\" in; empty skips it [CALYX_RT_PROTOS_DIR]")
+		healthAddr    = fs.String("health-address", env("CALYX_HEALTH_ADDRESS", ":9099"), "address serving /readyz and /livez [CALYX_HEALTH_ADDRESS]")
+		metricsAddr   = fs.String("metrics-address", env("CALYX_METRICS_ADDRESS", ":9091"), "address serving /metrics; empty or equal to --health-address serves it there [CALYX_METRICS_ADDRESS]")
+		resync        = fs.Duration("resync-period", durationEnv("CALYX_RESYNC_PERIOD", 30*time.Second), "full sync interval when nothing happens [CALYX_RESYNC_PERIOD]")
+		forwarding    = fs.Bool("enable-ip-forwarding", boolEnv("CALYX_ENABLE_IP_FORWARDING", true), "set net.ipv4.ip_forward=1, which routing pod traffic needs [CALYX_ENABLE_IP_FORWARDING]")
+		logLevel      = fs.String("log-level", env("CALYX_LOG_LEVEL", "info"), "debug, info, warn or error [CALYX_LOG_LEVEL]")
+		logFormat     = fs.String("log-format", env("CALYX_LOG_FORMAT", "text"), "text or json [CALYX_LOG_FORMAT]")
+		cniKubeconfig = fs.String("cni-kubeconfig", env("CALYX_CNI_KUBECONFIG", ""), "the CNI plugins' kubeconfig that install-cni wrote, to rewrite when the service-account token rotates; empty: none [CALYX_CNI_KUBECONFIG]")
+		tokenFile     = fs.String("token-file", installcni.TokenFile, "the pod's service-account token, for --cni-kubeconfig")
+		caFile        = fs.String("ca-file", installcni.CAFile, "the cluster CA, for --cni-kubeconfig")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -98,6 +108,14 @@ func run(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if *cniKubeconfig != "" {
+		server := installcni.ServerFromEnv()
+		if server == "" {
+			log.Error("--cni-kubeconfig needs KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT, which the kubelet sets in pods")
+			return 2
+		}
+		go installcni.KeepFresh(ctx, log, *cniKubeconfig, server, *caFile, *tokenFile, 30*time.Second)
+	}
 	if err := a.Run(ctx); err != nil {
 		log.Error("stopped", "err", err)
 		return 1
