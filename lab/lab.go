@@ -82,6 +82,14 @@ func (o *Options) defaults() {
 	if o.Dir == "" {
 		o.Dir = DefaultDir
 	}
+	// Nodes link their CNI binaries to BinDir and processes run from
+	// other directories: relative paths (make demo's bin/) would break.
+	if abs, err := filepath.Abs(o.BinDir); err == nil {
+		o.BinDir = abs
+	}
+	if abs, err := filepath.Abs(o.Dir); err == nil {
+		o.Dir = abs
+	}
 	if o.Workers == 0 {
 		o.Workers = 2
 	}

@@ -88,7 +88,13 @@ func TestDemo(t *testing.T) {
 	out := t.TempDir()
 	var log strings.Builder
 	begin := time.Now()
-	err := lab.Demo(context.Background(), lab.DemoOptions{Lab: lab.Options{Dir: dir, BinDir: binDir}, OutDir: out, Out: &log})
+	// A relative binary directory, as `make demo` passes bin/.
+	wd, _ := os.Getwd()
+	relBin, err := filepath.Rel(wd, binDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = lab.Demo(context.Background(), lab.DemoOptions{Lab: lab.Options{Dir: dir, BinDir: relBin}, OutDir: out, Out: &log})
 	t.Logf("demo output:\n%s", log.String())
 	if err != nil {
 		t.Fatal(err)
