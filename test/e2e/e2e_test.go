@@ -130,25 +130,9 @@ func TestDemo(t *testing.T) {
 // TestLab checks the paths a pod's packets take, with independent tools
 // (ping, tftp-hpa, tftpd-hpa) as well as the lab's own.
 func TestLab(t *testing.T) {
-	requireNoLab(t)
+	l, dir, root := upLab(t)
 	ctx := context.Background()
-	dir := filepath.Join(t.TempDir(), "lab")
-	l, err := lab.Up(ctx, lab.Options{Dir: dir, BinDir: binDir, Progress: testWriter{t}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	downed := false
-	t.Cleanup(func() {
-		if !downed {
-			l.Down()
-		}
-	})
 	c := l.Client()
-	root := filepath.Join(dir, "tftp-root")
-	os.MkdirAll(root, 0o755)
-	if err := os.WriteFile(filepath.Join(root, lab.DemoFile), lab.DemoContent(), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	add := func(ns, name, node string, cmd ...string) *lab.PodState {
 		t.Helper()
 		p, err := c.AddPod(ctx, lab.PodSpec{Namespace: ns, Name: name, Node: node, Command: cmd})
@@ -239,8 +223,29 @@ func TestLab(t *testing.T) {
 	if err := l.Down(); err != nil {
 		t.Errorf("down: %v", err)
 	}
-	downed = true
 	assertNothingLeft(t, dir)
+}
+
+// upLab starts a lab for t, once no other lab is up, with the demo's file
+// in a TFTP root. It goes down when t ends; a test may take it down
+// itself first, a second Down does nothing.
+func upLab(t *testing.T) (l *lab.Lab, dir, root string) {
+	t.Helper()
+	waitNoLab(t, 3*time.Minute)
+	dir = filepath.Join(t.TempDir(), "lab")
+	l, err := lab.Up(context.Background(), lab.Options{Dir: dir, BinDir: binDir, Progress: testWriter{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Down() })
+	root = filepath.Join(dir, "tftp-root")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, lab.DemoFile), lab.DemoContent(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return l, dir, root
 }
 
 func assertFile(t *testing.T, path string) {

@@ -40,25 +40,9 @@ func TestService(t *testing.T) {
 			t.Fatalf("%s is needed (apt-get install atftp tftp-hpa tftpd-hpa): %v", b, err)
 		}
 	}
-	waitNoLab(t, 3*time.Minute)
+	l, dir, root := upLab(t)
 	ctx := context.Background()
-	dir := filepath.Join(t.TempDir(), "lab")
-	l, err := lab.Up(ctx, lab.Options{Dir: dir, BinDir: binDir, Progress: testWriter{t}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	downed := false
-	t.Cleanup(func() {
-		if !downed {
-			l.Down()
-		}
-	})
 	c := l.Client()
-	root := filepath.Join(dir, "tftp-root")
-	os.MkdirAll(root, 0o755)
-	if err := os.WriteFile(filepath.Join(root, lab.DemoFile), lab.DemoContent(), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	tftpd := []string{"/usr/sbin/in.tftpd", "--foreground", "--listen", "--address", ":69", "--secure", root}
 	server, err := c.AddPod(ctx, lab.PodSpec{Namespace: "default", Name: "tftpd", Node: "learn-k8s-2", Labels: map[string]string{"app": "tftpd"}, Command: tftpd})
 	if err != nil {
@@ -261,7 +245,6 @@ func TestService(t *testing.T) {
 	if err := l.Down(); err != nil {
 		t.Errorf("down: %v", err)
 	}
-	downed = true
 	assertNothingLeft(t, dir)
 }
 
