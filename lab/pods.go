@@ -113,7 +113,7 @@ func (c *Client) AddPod(ctx context.Context, spec PodSpec) (_ *PodState, err err
 			cniDel(context.WithoutCancel(ctx), node, p)
 		}
 	}()
-	if err := c.writePod(ctx, spec, p); err != nil {
+	if err := c.writePod(ctx, spec, p, node.IP); err != nil {
 		return nil, err
 	}
 	if len(spec.Command) > 0 {
@@ -231,7 +231,7 @@ func cniDel(ctx context.Context, node *NodeState, p *PodState) error {
 
 // writePod creates the Pod object bound to its node, and its status with
 // the IP and Ready, as the kubelet writes it once the sandbox is up.
-func (c *Client) writePod(ctx context.Context, spec PodSpec, p *PodState) error {
+func (c *Client) writePod(ctx context.Context, spec PodSpec, p *PodState, hostIP string) error {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: spec.Namespace}}
 	if _, err := c.Kube.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating namespace %s: %w", spec.Namespace, err)
@@ -258,7 +258,7 @@ func (c *Client) writePod(ctx context.Context, spec PodSpec, p *PodState) error 
 	now := metav1.Now()
 	created.Status = corev1.PodStatus{
 		Phase:     corev1.PodRunning,
-		HostIP:    hostIP(ctx, c, spec.Node),
+		HostIP:    hostIP,
 		PodIP:     p.IP,
 		PodIPs:    []corev1.PodIP{{IP: p.IP}},
 		StartTime: &now,
@@ -275,15 +275,4 @@ func (c *Client) writePod(ctx context.Context, spec PodSpec, p *PodState) error 
 		return fmt.Errorf("writing Pod %s's status: %w", p.Key(), err)
 	}
 	return nil
-}
-
-func hostIP(ctx context.Context, c *Client, node string) string {
-	s, err := ReadState(c.Dir)
-	if err != nil {
-		return ""
-	}
-	if n, ok := s.Node(node); ok {
-		return n.IP
-	}
-	return ""
 }
