@@ -1,0 +1,128 @@
+package fault
+
+import (
+	"context"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/calyx-net/calyx/agent/firewall"
+	"github.com/calyx-net/calyx/lab"
+)
+
+// TestNodeDeleted deletes a Node from the API, as `kubectl delete node`
+// does when a machine is retired: every other node's agent drops its routes
+// to that node's blocks within a second, so no pod traffic goes on to a
+// machine that may get another job. (Its addresses are GC's to reclaim.)
+//
+// It runs last in the package (its file sorts last; keep it so): the lab's node is registered again
+// afterwards, but what GC does meanwhile is not this test's business.
+func TestNodeDeleted(t *testing.T) {
+	const within = time.Second
+	l := sharedLab(t)
+	ctx := context.Background()
+	gone, goneIP := node3, node3IP
+	others := []string{lab.ControlPlaneNode, node2}
+
+	viaGone := func(node string) func() (int, error) {
+		h := netlinkIn(t, node)
+		return func() (int, error) {
+			rs, err := calyxRoutes(h)
+			if err != nil {
+				return 0, err
+			}
+			n := 0
+			for _, r := range rs {
+				if r.Gw != nil && r.Gw.String() == goneIP {
+					n++
+				}
+			}
+			return n, nil
+		}
+	}
+	counts := map[string]func() (int, error){}
+	for _, node := range others {
+		counts[node] = viaGone(node)
+		n, err := counts[node]()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			t.Fatalf("%s has no calyx route via %s (%s) before the test: nothing to see go", node, goneIP, gone)
+		}
+		t.Logf("%s: %d calyx routes via %s before the deletion", node, n, goneIP)
+	}
+
+	begin := time.Now()
+	if err := l.DeleteNode(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Give the lab its node back: the kubelet would register it again.
+		if err := l.RegisterNode(context.Background(), gone); err != nil {
+			t.Errorf("registering %s again: %v", gone, err)
+		}
+	})
+	var wg sync.WaitGroup
+	took := map[string]time.Duration{}
+	var mu sync.Mutex
+	for _, node := range others {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, ok := pollUntil(5*time.Second, time.Millisecond, func() bool {
+				n, err := counts[node]()
+				return err == nil && n == 0
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			took[node] = time.Since(begin)
+			if !ok {
+				took[node] = -1
+			}
+		}()
+	}
+	wg.Wait()
+	for _, node := range others {
+		d := took[node]
+		if d < 0 {
+			n, _ := counts[node]()
+			t.Errorf("%s still has %d calyx routes via %s 5 s after Node %s was deleted", node, n, goneIP, gone)
+			continue
+		}
+		t.Logf("%s dropped every route via %s %s after `delete node %s` was sent", node, goneIP, d.Round(100*time.Microsecond), gone)
+		if d > within {
+			t.Errorf("%s took %s to drop its routes to %s, want within %s", node, d.Round(time.Millisecond), gone, within)
+		}
+	}
+
+	// Nor is the deleted node trusted with IP-in-IP any more.
+	for _, node := range others {
+		f, err := os.Open("/var/run/netns/" + node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fw := firewall.New(int(f.Fd()))
+		var last []string
+		_, ok := pollUntil(5*time.Second, time.Millisecond, func() bool {
+			sets, err := fw.SetContents()
+			if err != nil {
+				return false
+			}
+			last = sets[firewall.SetNodeIPs]
+			return !slices.Contains(last, goneIP)
+		})
+		f.Close()
+		d := time.Since(begin)
+		if !ok {
+			t.Errorf("%s's nftables set %s still lists %s 5 s after the deletion: %v", node, firewall.SetNodeIPs, goneIP, last)
+			continue
+		}
+		t.Logf("%s's set %s no longer lists %s (checked %s after the deletion): %v", node, firewall.SetNodeIPs, goneIP, d.Round(100*time.Microsecond), last)
+		if d > within {
+			t.Errorf("%s still trusted %s's IPIP %s after its deletion, want within %s", node, gone, d.Round(time.Millisecond), within)
+		}
+	}
+}
