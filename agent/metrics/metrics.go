@@ -33,6 +33,15 @@ type Metrics struct {
 	Errors           *prometheus.CounterVec // stage: underlay, apiserver, …
 	Ready            prometheus.Gauge
 	PeerBlocks       prometheus.Gauge
+
+	// The IPAM garbage collector's, set by the agent that leads it.
+	GCLeader         prometheus.Gauge
+	GCLeakCandidates prometheus.Gauge
+	GCReleased       *prometheus.CounterVec // reason: pod-gone, node-gone, sandbox-gone
+	GCBlocksDeleted  prometheus.Counter
+	GCHandlesDeleted prometheus.Counter
+	GCPasses         *prometheus.CounterVec // result: ok, error
+	IPAMBlocks       *prometheus.GaugeVec   // node
 }
 
 // New registers the metrics.
@@ -68,14 +77,47 @@ func New(src Sources) *Metrics {
 			Name: "calyx_agent_tunnel_peers",
 			Help: "Remote blocks and borrowed addresses reached through tunl0.",
 		}),
+		GCLeader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "calyx_ipam_gc_leader",
+			Help: "1 while this agent is the cluster's IPAM garbage collector (it holds the lease).",
+		}),
+		GCLeakCandidates: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "calyx_ipam_gc_leak_candidates",
+			Help: "Pod addresses whose pod is gone, waiting out the grace period before release.",
+		}),
+		GCReleased: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "calyx_ipam_gc_released_total",
+			Help: "Addresses released by the IPAM garbage collector, by reason: pod-gone, node-gone, sandbox-gone (an earlier sandbox of a pod that has another address now).",
+		}, []string{"reason"}),
+		GCBlocksDeleted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "calyx_ipam_gc_blocks_deleted_total",
+			Help: "Empty blocks of deleted nodes deleted by the IPAM garbage collector.",
+		}),
+		GCHandlesDeleted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "calyx_ipam_gc_handles_deleted_total",
+			Help: "IPAMHandles that pointed at no address, deleted by the IPAM garbage collector.",
+		}),
+		GCPasses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "calyx_ipam_gc_passes_total",
+			Help: "IPAM garbage collection passes, by result.",
+		}, []string{"result"}),
+		IPAMBlocks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "calyx_ipam_blocks",
+			Help: "IPAM blocks affine to each node, as the garbage collector last counted them.",
+		}, []string{"node"}),
 	}
 	for _, op := range []string{"add", "replace", "delete"} {
 		m.RouteChanges.WithLabelValues(op)
 	}
 	for _, r := range []string{"ok", "error"} {
 		m.Syncs.WithLabelValues(r)
+		m.GCPasses.WithLabelValues(r)
+	}
+	for _, r := range []string{"pod-gone", "node-gone", "sandbox-gone"} {
+		m.GCReleased.WithLabelValues(r)
 	}
 	m.Registry.MustRegister(m.RoutesProgrammed, m.RouteChanges, m.SyncDuration, m.Syncs, m.Errors, m.Ready, m.PeerBlocks,
+		m.GCLeader, m.GCLeakCandidates, m.GCReleased, m.GCBlocksDeleted, m.GCHandlesDeleted, m.GCPasses, m.IPAMBlocks,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&kernelCounters{src: src})
 	return m
