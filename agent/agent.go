@@ -29,6 +29,7 @@ import (
 	"github.com/calyx-net/calyx/agent/desired"
 	"github.com/calyx-net/calyx/agent/firewall"
 	"github.com/calyx-net/calyx/agent/health"
+	"github.com/calyx-net/calyx/agent/ipamgc"
 	"github.com/calyx-net/calyx/agent/metrics"
 	"github.com/calyx-net/calyx/agent/routes"
 	"github.com/calyx-net/calyx/agent/statedir"
@@ -89,9 +90,15 @@ type Config struct {
 	// NetNS is the node's network namespace; nil is the agent's own. Tests
 	// run several agents in one process, each with its node's namespace.
 	NetNS *netns.NsHandle
+	// IPAMSocket is where the agent serves calyx-ipam to the CNI plugin on
+	// this node; empty serves nothing, and the plugin runs calyx-ipam.
+	IPAMSocket string
 	// EnableForwarding sets net.ipv4.ip_forward=1 in the node's namespace,
 	// as nodes that route pod traffic need.
 	EnableForwarding bool
+	// GC is the cluster's IPAM garbage collector, which one agent runs
+	// (agent/ipamgc); zero: off.
+	GC ipamgc.Config
 
 	// NewDatapath makes tunl0's datapath; default RealDatapath. Tests of
 	// the routes alone pass a stand-in.
@@ -315,6 +322,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		return nil // ctx ended
 	}
 	defer informersDone()
+	a.serveIPAM(ctx, &wg)
+	a.startGC(ctx, &wg)
 	a.watchKernel(ctx, &wg)
 	a.loop(ctx)
 	return nil

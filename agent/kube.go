@@ -26,10 +26,15 @@ import (
 type clients struct {
 	kube  kubernetes.Interface
 	calyx calyxclient.Interface
+	// rc is the configuration they were made from, for clients with other
+	// limits (the IPAM socket's).
+	rc *rest.Config
 
 	pools  calyxlisters.IPPoolLister
 	blocks calyxlisters.IPAMBlockLister
-	nodes  corelisters.NodeLister
+	// blockInformer feeds blocks, for handlers besides the sync's.
+	blockInformer cache.SharedIndexInformer
+	nodes         corelisters.NodeLister
 	// services are read for calyx.dev/conntrack-helper.
 	services corelisters.ServiceLister
 }
@@ -48,7 +53,7 @@ func newClients(rc *rest.Config) (*clients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating the calyx client: %w", err)
 	}
-	return &clients{kube: k, calyx: c}, nil
+	return &clients{kube: k, calyx: c, rc: rc}, nil
 }
 
 // probe asks the API server for its version: it answers when it is
@@ -124,6 +129,7 @@ func (a *Agent) startInformers(ctx context.Context) (stop func(), err error) {
 	}
 	c.pools = cf.Calyx().V1alpha1().IPPools().Lister()
 	c.blocks = cf.Calyx().V1alpha1().IPAMBlocks().Lister()
+	c.blockInformer = cf.Calyx().V1alpha1().IPAMBlocks().Informer()
 	c.nodes = kf.Core().V1().Nodes().Lister()
 	c.services = kf.Core().V1().Services().Lister()
 	cf.Start(ictx.Done())

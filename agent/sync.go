@@ -243,13 +243,20 @@ func (a *Agent) register(ctx context.Context, node *corev1.Node, pools []*v1alph
 // and back.
 func (a *Agent) enableForwarding() error {
 	const path = "/proc/sys/net/ipv4/ip_forward"
-	err := inNetNS(a.ns, func() error {
+	set := func() error {
 		b, err := os.ReadFile(path)
 		if err == nil && strings.TrimSpace(string(b)) == "1" {
 			return nil
 		}
 		return os.WriteFile(path, []byte("1\n"), 0o644)
-	})
+	}
+	var err error
+	if a.ownNS {
+		// Already there: switching would need CAP_SYS_ADMIN for nothing.
+		err = set()
+	} else {
+		err = inNetNS(a.ns, set)
+	}
 	if err != nil {
 		return fmt.Errorf("enabling IPv4 forwarding (%s): %w", path, err)
 	}

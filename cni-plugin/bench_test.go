@@ -78,6 +78,9 @@ func BenchmarkPodLatency(b *testing.B) {
 	if acceptanceIPAM == ipamCalyx {
 		ci := newNode(b, e)
 		setups = append(setups, &setup{name: "calyx + calyx-ipam", n: ci, list: onlyCalyx(ci)})
+		opt, _ := withAgentIPAM(b, e)
+		ca := newNode(b, e, opt)
+		setups = append(setups, &setup{name: "calyx + calyx-ipam in the agent (socket)", n: ca, list: onlyCalyx(ca)})
 		cio := newNode(b, e)
 		setups = append(setups, &setup{name: "calyx-ipam alone (no wiring)", n: cio, list: ipamOnly(cio)})
 		full := newNode(b, e)

@@ -15,13 +15,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containernetworking/cni/pkg/invoke"
 	cnins "github.com/containernetworking/cni/pkg/ns"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
 )
 
 // Versions are the CNI spec versions calyx speaks.
@@ -63,7 +63,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if same, cerr := cnins.CheckNetNS(args.Netns); cerr != nil {
 		return cerr
 	} else if same {
-		return types.NewError(types.ErrInvalidNetNS,
+		// Code 4, not the library's 8: the spec has no 8, and runtimes act
+		// on the spec's codes.
+		return types.NewError(types.ErrInvalidEnvironmentVariables,
 			fmt.Sprintf("CNI_NETNS %s is the namespace the plugin runs in, not a pod's: pass the sandbox's netns", args.Netns), "")
 	}
 
@@ -75,7 +77,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), delegateTimeout)
 	defer cancel()
-	r, err := invoke.DelegateAdd(ctx, conf.IPAM.Type, args.StdinData, nil)
+	r, err := delegate(ctx, "ADD", conf, args)
 	if err != nil {
 		return ipamError(conf.IPAM.Type, "ADD", err)
 	}
@@ -91,7 +93,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		// A fresh deadline: the ADD's may be what just ran out.
 		dctx, dcancel := context.WithTimeout(context.Background(), delegateTimeout)
 		defer dcancel()
-		if derr := invoke.DelegateDel(dctx, conf.IPAM.Type, args.StdinData, nil); derr != nil {
+		if _, derr := delegate(dctx, "DEL", conf, args); derr != nil {
 			slog.Error("releasing the address after a failed ADD", "ipam", conf.IPAM.Type, "err", derr)
 		}
 	}()
@@ -166,7 +168,7 @@ func cmdDel(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), delegateTimeout)
 	defer cancel()
-	if err := invoke.DelegateDel(ctx, conf.IPAM.Type, args.StdinData, nil); err != nil {
+	if _, err := delegate(ctx, "DEL", conf, args); err != nil {
 		return ipamError(conf.IPAM.Type, "DEL", err)
 	}
 	return nil
@@ -225,7 +227,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), delegateTimeout)
 	defer cancel()
-	if err := invoke.DelegateCheck(ctx, conf.IPAM.Type, args.StdinData, nil); err != nil {
+	if _, err := delegate(ctx, "CHECK", conf, args); err != nil {
 		return ipamError(conf.IPAM.Type, "CHECK", err)
 	}
 	return nil
@@ -253,7 +255,7 @@ func cmdStatus(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), delegateTimeout)
 	defer cancel()
-	if err := invoke.DelegateStatus(ctx, conf.IPAM.Type, args.StdinData, nil); err != nil {
+	if _, err := delegate(ctx, "STATUS", conf, args); err != nil {
 		return types.NewError(types.ErrPluginNotAvailable,
 			fmt.Sprintf("IPAM plugin %s is not available: %v", conf.IPAM.Type, err), "")
 	}
@@ -270,7 +272,7 @@ func cmdGC(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), delegateTimeout)
 	defer cancel()
-	if err := invoke.DelegateGC(ctx, conf.IPAM.Type, args.StdinData, nil); err != nil {
+	if _, err := delegate(ctx, "GC", conf, args); err != nil {
 		return ipamError(conf.IPAM.Type, "GC", err)
 	}
 	return nil
@@ -279,15 +281,30 @@ func cmdGC(args *skel.CmdArgs) error {
 func openNetNS(path string) (ns.NetNS, error) {
 	netns, err := ns.GetNS(path)
 	if err == nil {
-		return netns, nil
+		// GetNS accepts any namespace file (/proc/self/ns/mnt too); entering
+		// one that is not a network namespace fails later, after work.
+		t, terr := unix.IoctlRetInt(int(netns.Fd()), unix.NS_GET_NSTYPE)
+		if terr == nil && t == unix.CLONE_NEWNET {
+			return netns, nil
+		}
+		netns.Close()
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("CNI_NETNS %s is a namespace but not a network namespace: pass the sandbox's netns", path), nsTypeDetails(t, terr))
 	}
 	var notExist ns.NSPathNotExistErr
 	var notNS ns.NSPathNotNSErr
 	if errors.As(err, &notExist) || errors.As(err, &notNS) {
-		return nil, types.NewError(types.ErrInvalidNetNS,
-			fmt.Sprintf("the pod's network namespace %s does not exist or is not a netns: the sandbox is gone; recreate it and retry", path), err.Error())
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("CNI_NETNS: the pod's network namespace %s does not exist or is not a netns: the sandbox is gone; recreate it and retry", path), err.Error())
 	}
 	return nil, fmt.Errorf("opening the pod's network namespace %s: %w", path, err)
+}
+
+func nsTypeDetails(t int, err error) string {
+	if err != nil {
+		return "NS_GET_NSTYPE: " + err.Error()
+	}
+	return fmt.Sprintf("namespace type %#x, want CLONE_NEWNET (%#x)", t, unix.CLONE_NEWNET)
 }
 
 func ifNameError(err error) error {

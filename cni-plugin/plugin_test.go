@@ -422,7 +422,7 @@ func testBadInput(t *testing.T, e *env) {
 				_, err := n.add(n.conflist("", nil), rt)
 				return err
 			},
-			wantCode: types.ErrInvalidNetNS,
+			wantCode: types.ErrInvalidEnvironmentVariables,
 			wantMsg:  "does not exist",
 		},
 		{
@@ -433,7 +433,7 @@ func testBadInput(t *testing.T, e *env) {
 				_, err := n.add(n.conflist("", nil), rt)
 				return err
 			},
-			wantCode: types.ErrInvalidNetNS,
+			wantCode: types.ErrInvalidEnvironmentVariables,
 			wantMsg:  "is the namespace the plugin runs in",
 		},
 		{

@@ -121,6 +121,21 @@ func TestManifestOnAPIServer(t *testing.T) {
 		{"get", "ipamaffinities.calyx.dev", "", true},
 		{"create", "ipamaffinities.calyx.dev", "", true},
 		{"update", "ipamaffinities.calyx.dev", "", true},
+		// The IPAM garbage collector (agent/ipamgc): pods read, empty
+		// blocks and affinities of deleted nodes deleted, and its own
+		// Lease, no other.
+		{"get", "pods", "*", true},
+		{"list", "pods", "*", true},
+		{"watch", "pods", "*", true},
+		{"delete", "ipamblocks.calyx.dev", "", true},
+		{"list", "ipamaffinities.calyx.dev", "", true},
+		{"delete", "ipamaffinities.calyx.dev", "", true},
+		{"create", "leases.coordination.k8s.io", "kube-system", true},
+		{"get", "leases.coordination.k8s.io/calyx-ipam-gc", "kube-system", true},
+		{"update", "leases.coordination.k8s.io/calyx-ipam-gc", "kube-system", true},
+		{"update", "leases.coordination.k8s.io/kube-controller-manager", "kube-system", false},
+		{"update", "leases.coordination.k8s.io/kube-scheduler", "kube-system", false},
+		{"create", "leases.coordination.k8s.io", "default", false},
 		// Nothing more.
 		{"get", "secrets", "kube-system", false},
 		{"list", "secrets", "*", false},
@@ -133,8 +148,6 @@ func TestManifestOnAPIServer(t *testing.T) {
 		{"delete", "nodes", "", false},
 		{"create", "ippools.calyx.dev", "", false},
 		{"update", "ippools.calyx.dev", "", false},
-		{"delete", "ipamblocks.calyx.dev", "", false},
-		{"delete", "ipamaffinities.calyx.dev", "", false},
 		{"create", "serviceaccounts/token", "kube-system", false},
 	}
 	const jobSA = "system:serviceaccount:kube-system:calyx-ippool-init"
@@ -236,7 +249,7 @@ func TestDaemonSet(t *testing.T) {
 	want := summary{
 		Namespace: "kube-system", HostNetwork: true, Priority: "system-node-critical", Account: "calyx-node",
 		Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
-		HostPaths:   []string{"/opt/cni/bin", "/etc/cni/net.d", "/var/lib/calyx", "/etc/iproute2/rt_protos.d"},
+		HostPaths:   []string{"/opt/cni/bin", "/etc/cni/net.d", "/var/lib/calyx", "/var/run/calyx", "/etc/iproute2/rt_protos.d"},
 		Init: []container{{
 			Name: "install-cni", Command: []string{"/usr/local/bin/calyx-agent", "install-cni"},
 			Drop: []corev1.Capability{"ALL"}, Mounts: []string{"/host/opt/cni/bin", "/host/etc/cni/net.d"},
@@ -244,7 +257,7 @@ func TestDaemonSet(t *testing.T) {
 		Containers: []container{{
 			Name: "calyx-agent", Command: []string{"/usr/local/bin/calyx-agent"},
 			Add: []corev1.Capability{"NET_ADMIN", "SYS_ADMIN"}, Drop: []corev1.Capability{"ALL"},
-			Mounts: []string{"/var/lib/calyx", "/host/etc/cni/net.d", "/etc/iproute2/rt_protos.d"},
+			Mounts: []string{"/var/lib/calyx", "/var/run/calyx", "/host/etc/cni/net.d", "/etc/iproute2/rt_protos.d"},
 			Ready:  "/readyz:9099", Live: "/livez:9099",
 		}},
 	}

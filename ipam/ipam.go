@@ -519,6 +519,19 @@ func (m *IPAM) lookup(ctx context.Context, node, handle string, own []v1alpha1.I
 		if err != nil && !apierrors.IsNotFound(err) {
 			return Assignment{}, false, false, fmt.Errorf("reading block %s of handle %s: %w", h.Spec.Block, handle, err)
 		}
+		if err == nil && len(allocationsOf(b, handle)) == 0 {
+			// The index is read from the API, the block may come from a
+			// cache that has not seen the allocation yet: allocating again
+			// would give the handle a second address.
+			if f, ok := m.store.(interface {
+				GetBlockFromAPI(context.Context, string) (*v1alpha1.IPAMBlock, error)
+			}); ok {
+				b, err = f.GetBlockFromAPI(ctx, h.Spec.Block)
+			}
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			return Assignment{}, false, false, fmt.Errorf("reading block %s of handle %s: %w", h.Spec.Block, handle, err)
+		}
 		if err == nil {
 			if addrs := allocationsOf(b, handle); len(addrs) > 0 {
 				cidr, _ := parseBlock(b)

@@ -29,6 +29,7 @@ func (l *Lab) startAgent(node string) error {
 		"--underlay=interface=^" + NICName + "$",
 		"--ipip-datapath=" + l.opts.Datapath,
 		"--state-dir=" + filepath.Join(dir, "state"),
+		"--ipam-socket=" + filepath.Join(dir, "ipam.sock"),
 		"--health-address=" + agentHealthAddr,
 		"--metrics-address=" + agentMetricsAddr,
 	}

@@ -296,6 +296,7 @@ func nodeConflist(dir, kubeconfig string) ([]byte, error) {
 		ipamConf["kubeconfig"] = kubeconfig
 		ipamConf["nodename_file"] = filepath.Join(dir, "state", "nodename")
 		ipamConf["lock_file"] = filepath.Join(dir, "ipam.lock")
+		ipamConf["agent_socket"] = filepath.Join(dir, "ipam.sock")
 	}
 	return json.MarshalIndent(list, "", "  ")
 }

@@ -145,7 +145,7 @@ func startConfined(t *testing.T, node *testnet.NS, name, kubeconfig, stateDir st
 	p.cmd = exec.Command("ip", "netns", "exec", node.Name,
 		"setpriv", "--bounding-set=-all,"+strings.Join(bounding, ","), "--inh-caps=-all", "--no-new-privs", "--",
 		agentBinary(t), "--underlay=interface=^ens160$", "--ipip-datapath=ebpf",
-		"--state-dir="+stateDir, "--rt-protos-dir="+filepath.Join(stateDir, "protos"),
+		"--state-dir="+stateDir, "--rt-protos-dir="+filepath.Join(stateDir, "protos"), "--ipam-socket="+filepath.Join(stateDir, "ipam.sock"),
 		"--health-address=127.0.0.1:9099", "--metrics-address=127.0.0.1:9099")
 	p.cmd.Env = append(os.Environ(), "NODENAME="+name, "KUBECONFIG="+kubeconfig)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs

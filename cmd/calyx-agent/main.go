@@ -23,6 +23,7 @@ import (
 	"github.com/calyx-net/calyx/agent/installcni"
 	"github.com/calyx-net/calyx/agent/routes"
 	"github.com/calyx-net/calyx/agent/statedir"
+	"github.com/calyx-net/calyx/ipam/socket"
 )
 
 func main() {
@@ -50,6 +51,7 @@ func run(args []string) int {
 		kubeconfig    = fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig file; empty means the in-cluster configuration [KUBECONFIG]")
 		underlay      = fs.String("underlay", env("CALYX_UNDERLAY", "first-found"), "how to find the underlay NIC and address: first-found, interface=REGEX or can-reach=IP [CALYX_UNDERLAY]")
 		datapath      = fs.String("ipip-datapath", env("CALYX_IPIP_DATAPATH", "auto"), "tunl0's datapath: auto, kernel (the ipip module) or ebpf (tc programs) [CALYX_IPIP_DATAPATH]")
+		ipamSocket    = fs.String("ipam-socket", env("CALYX_IPAM_SOCKET", socket.DefaultPath), "unix socket serving calyx-ipam to the CNI plugin (the conflist's ipam.agent_socket); empty: none, the plugin runs calyx-ipam [CALYX_IPAM_SOCKET]")
 		stateDir      = fs.String("state-dir", env("CALYX_STATE_DIR", statedir.Default), "where to write the nodename and mtu files the CNI plugin reads [CALYX_STATE_DIR]")
 		protosDir     = fs.String("rt-protos-dir", env("CALYX_RT_PROTOS_DIR", routes.ProtocolNamesDir), "iproute2 directory to name route protocol 202 \"calyx\" in; empty skips it [CALYX_RT_PROTOS_DIR]")
 		healthAddr    = fs.String("health-address", env("CALYX_HEALTH_ADDRESS", ":9099"), "address serving /readyz and /livez [CALYX_HEALTH_ADDRESS]")
@@ -62,7 +64,13 @@ func run(args []string) int {
 		tokenFile     = fs.String("token-file", installcni.TokenFile, "the pod's service-account token, for --cni-kubeconfig")
 		caFile        = fs.String("ca-file", installcni.CAFile, "the cluster CA, for --cni-kubeconfig")
 	)
+	gcConfig := gcFlags(fs)
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	gc := gcConfig()
+	if err := gc.Validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "%v\n", err)
 		return 2
 	}
 	if fs.NArg() > 0 {
@@ -93,11 +101,13 @@ func run(args []string) int {
 		Underlay:         *underlay,
 		Datapath:         *datapath,
 		StateDir:         *stateDir,
+		IPAMSocket:       *ipamSocket,
 		ProtocolNamesDir: *protosDir,
 		HealthAddr:       *healthAddr,
 		MetricsAddr:      *metricsAddr,
 		ResyncPeriod:     *resync,
 		EnableForwarding: *forwarding,
+		GC:               gc,
 		// tunl0's datapath: agent.RealDatapath (agent/tunnel's New) is
 		// the default.
 		Logger: log,

@@ -39,7 +39,7 @@ current-context: c
 	var logs bytes.Buffer
 	cmd := exec.Command("ip", "netns", "exec", node.Name, bin,
 		"--underlay=can-reach=10.10.100.1", "--ipip-datapath=ebpf",
-		"--state-dir="+filepath.Join(dir, "state"), "--rt-protos-dir="+filepath.Join(dir, "protos"),
+		"--state-dir="+filepath.Join(dir, "state"), "--rt-protos-dir="+filepath.Join(dir, "protos"), "--ipam-socket="+filepath.Join(dir, "ipam.sock"),
 		"--health-address=127.0.0.1:9099", "--metrics-address=127.0.0.1:9091")
 	cmd.Env = append(os.Environ(), "NODENAME=learn-k8s-2", "KUBECONFIG="+kubeconfig)
 	cmd.Stdout, cmd.Stderr = &logs, &logs

@@ -121,7 +121,7 @@ func startProcess(t testing.TB, node *testnet.NS, name, kubeconfig, stateDir str
 	p := &process{node: node, logs: &syncBuffer{}, exited: make(chan struct{})}
 	args := append([]string{"netns", "exec", node.Name, agentBinary(t),
 		"--underlay=interface=^ens160$", "--ipip-datapath=auto",
-		"--state-dir=" + stateDir, "--rt-protos-dir=" + filepath.Join(stateDir, "protos"),
+		"--state-dir=" + stateDir, "--rt-protos-dir=" + filepath.Join(stateDir, "protos"), "--ipam-socket=" + filepath.Join(stateDir, "ipam.sock"),
 		"--health-address=127.0.0.1:9099", "--metrics-address=127.0.0.1:9099"}, extra...)
 	p.cmd = exec.Command("ip", args...)
 	p.cmd.Env = append(os.Environ(), "NODENAME="+name, "KUBECONFIG="+kubeconfig)

@@ -18,9 +18,29 @@ import (
 	"github.com/calyx-net/calyx/ipam"
 )
 
-// Funcs are the plugin's CNI verbs, for skel.PluginMainFuncs.
+// Funcs are the plugin's CNI verbs, for skel.PluginMainFuncs: the binary,
+// with an API client of its own per call.
 func Funcs() skel.CNIFuncs {
-	return skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus}
+	var h Handler
+	return skel.CNIFuncs{
+		Add: func(args *skel.CmdArgs) error {
+			r, version, err := h.Add(args)
+			if err != nil {
+				return err
+			}
+			return types.PrintResult(r, version)
+		},
+		Del: h.Del, Check: h.Check, GC: h.GC, Status: h.Status,
+	}
+}
+
+// Handler runs calyx-ipam's verbs. The binary uses the zero value; the
+// node agent, which serves them on a unix socket, shares one allocator
+// over its warm connection and informer cache.
+type Handler struct {
+	// NewAllocator returns the allocator for one call; nil makes an API
+	// client from ipam.kubeconfig.
+	NewAllocator func(conf *NetConf, opts ipam.Options) (*ipam.IPAM, error)
 }
 
 // session is one invocation's parsed configuration and allocator.
@@ -43,7 +63,7 @@ const (
 	nodeUnused
 )
 
-func open(args *skel.CmdArgs, need nodeNeed) (*session, error) {
+func (h *Handler) open(args *skel.CmdArgs, need nodeNeed) (*session, error) {
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
 		return nil, err
@@ -55,6 +75,26 @@ func open(args *skel.CmdArgs, need nodeNeed) (*session, error) {
 			return nil, err
 		}
 	}
+	opts := ipam.Options{
+		Node:             s.node,
+		Pools:            conf.IPAM.Pools,
+		MaxBlocksPerNode: conf.IPAM.MaxBlocksPerNode,
+		StrictAffinity:   conf.IPAM.StrictAffinity,
+	}
+	newAlloc := h.NewAllocator
+	if newAlloc == nil {
+		newAlloc = clientAllocator
+	}
+	if s.m, err = newAlloc(conf, opts); err != nil {
+		return nil, err
+	}
+	s.ctx, s.stop = context.WithTimeout(context.Background(), conf.IPAM.timeout)
+	return s, nil
+}
+
+// clientAllocator is the binary's allocator: a client of its own, made
+// from the kubeconfig the agent writes.
+func clientAllocator(conf *NetConf, opts ipam.Options) (*ipam.IPAM, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", conf.IPAM.Kubeconfig)
 	if err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "cannot load the kubeconfig",
@@ -64,17 +104,11 @@ func open(args *skel.CmdArgs, need nodeNeed) (*session, error) {
 	// API server is an error the runtime can retry, not a hung pod start.
 	cfg.Timeout = conf.IPAM.timeout
 	cfg.QPS, cfg.Burst = -1, -1
-	s.m, err = ipam.NewForConfig(cfg, ipam.Options{
-		Node:             s.node,
-		Pools:            conf.IPAM.Pools,
-		MaxBlocksPerNode: conf.IPAM.MaxBlocksPerNode,
-		StrictAffinity:   conf.IPAM.StrictAffinity,
-	})
+	m, err := ipam.NewForConfig(cfg, opts)
 	if err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "cannot create the API client", err.Error())
 	}
-	s.ctx, s.stop = context.WithTimeout(context.Background(), conf.IPAM.timeout)
-	return s, nil
+	return m, nil
 }
 
 // lock serialises this node's CNI calls. The wait has its own bound: a
@@ -94,36 +128,39 @@ func (s *session) lock() (func(), error) {
 
 func (s *session) handle(containerID string) string { return s.conf.Name + "." + containerID }
 
-func cmdAdd(args *skel.CmdArgs) error {
+// Add allocates the pod's address; the result is to be printed in the
+// returned cniVersion.
+func (h *Handler) Add(args *skel.CmdArgs) (types.Result, string, error) {
 	pod, err := parseArgs(args.Args)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	s, err := open(args, nodeRequired)
+	s, err := h.open(args, nodeRequired)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	defer s.stop()
 	unlock, err := s.lock()
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	defer unlock()
 	a, err := s.m.AutoAssign(s.ctx, s.node, s.handle(args.ContainerID), ipam.Attrs{
 		Namespace: pod.Namespace, Pod: pod.Name, ContainerID: args.ContainerID,
 	})
 	if err != nil {
-		return s.classify(err, "cannot allocate an address")
+		return nil, "", s.classify(err, "cannot allocate an address")
 	}
 	result := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		IPs:        []*current.IPConfig{{Address: hostNet(a.Addr)}},
 	}
-	return types.PrintResult(result, s.conf.CNIVersion)
+	return result, s.conf.CNIVersion, nil
 }
 
-func cmdDel(args *skel.CmdArgs) error {
-	s, err := open(args, nodeOptional)
+// Del releases the pod's address; releasing nothing is no error.
+func (h *Handler) Del(args *skel.CmdArgs) error {
+	s, err := h.open(args, nodeOptional)
 	if err != nil {
 		return err
 	}
@@ -139,8 +176,9 @@ func cmdDel(args *skel.CmdArgs) error {
 	return nil
 }
 
-func cmdCheck(args *skel.CmdArgs) error {
-	s, err := open(args, nodeRequired)
+// Check says whether the pod still holds the address prevResult names.
+func (h *Handler) Check(args *skel.CmdArgs) error {
+	s, err := h.open(args, nodeRequired)
 	if err != nil {
 		return err
 	}
@@ -173,8 +211,10 @@ func cmdCheck(args *skel.CmdArgs) error {
 	return nil
 }
 
-func cmdGC(args *skel.CmdArgs) error {
-	s, err := open(args, nodeRequired)
+// GC releases the node's addresses whose attachment the runtime no longer
+// lists.
+func (h *Handler) GC(args *skel.CmdArgs) error {
+	s, err := h.open(args, nodeRequired)
 	if err != nil {
 		return err
 	}
@@ -194,8 +234,9 @@ func cmdGC(args *skel.CmdArgs) error {
 	return nil
 }
 
-func cmdStatus(args *skel.CmdArgs) error {
-	s, err := open(args, nodeUnused)
+// Status says whether addresses can be allocated now.
+func (h *Handler) Status(args *skel.CmdArgs) error {
+	s, err := h.open(args, nodeUnused)
 	if err != nil {
 		return err
 	}
