@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
@@ -84,8 +86,12 @@ func (c *NetConf) validate() error {
 		return fmt.Errorf("veth_prefix %q is too long: with %d hash characters the name would be %d bytes, the kernel allows %d; use at most %d characters",
 			c.VethPrefix, hashLen, n, ifNameMax, ifNameMax-hashLen)
 	}
-	if strings.ContainsAny(c.VethPrefix, "/: \t\n") {
-		return fmt.Errorf("veth_prefix %q holds a character interface names cannot have ('/', ':' or space): pick another prefix", c.VethPrefix)
+	// The kernel's rule (dev_valid_name), plus control characters: a NUL
+	// would cut the name short in netlink, after the address is taken.
+	if strings.ContainsFunc(c.VethPrefix, func(r rune) bool {
+		return r == '/' || r == ':' || unicode.IsSpace(r) || unicode.IsControl(r) || r == utf8.RuneError
+	}) {
+		return fmt.Errorf("veth_prefix %q holds a character interface names cannot have ('/', ':', space or a control character): pick another prefix", c.VethPrefix)
 	}
 	if c.IPAM.Type == "" {
 		return errors.New(`the calyx entry has no "ipam" with a "type": add "ipam": {"type": "calyx-ipam", ...}`)
@@ -133,7 +139,9 @@ func ParsePodArgs(cniArgs string) PodArgs {
 		if !ok {
 			continue
 		}
-		switch strings.TrimSpace(k) {
+		// Keys as they are, as calyx-ipam reads them: " K8S_POD_NAME" is
+		// another key there, and both must name the same pod.
+		switch k {
 		case "K8S_POD_NAMESPACE":
 			p.Namespace = strings.TrimSpace(v)
 		case "K8S_POD_NAME":

@@ -317,7 +317,9 @@ func ComparePrefix(a, b netip.Prefix) int {
 // parseAddr reads the tunnel address annotation: an address, tolerated as
 // a /32 too.
 func parseAddr(v string) (netip.Addr, error) {
-	if p, err := netip.ParsePrefix(v); err == nil && p.Bits() == 32 {
+	// Bits() == 32 alone would take an IPv6 "::/32", which the tunnel
+	// refuses, and with it the node's whole desired state.
+	if p, err := netip.ParsePrefix(v); err == nil && p.Bits() == 32 && p.Addr().Is4() {
 		return p.Addr(), nil
 	}
 	a, err := netip.ParseAddr(strings.TrimSpace(v))

@@ -48,6 +48,12 @@ func desiredPeers(peers []Peer) map[calyxLpmKey]uint32 {
 	return want
 }
 
+// peerFromMap is the peer a remote_blocks entry describes: the inverse of
+// desiredPeers for one entry.
+func peerFromMap(k calyxLpmKey, v uint32) Peer {
+	return Peer{CIDR: netip.PrefixFrom(addrFromBE32(k.Addr), int(k.Prefixlen)), NodeIP: addrFromBE32(v)}
+}
+
 func desiredNodes(ips []netip.Addr) map[uint32]uint32 {
 	want := make(map[uint32]uint32, len(ips))
 	for _, a := range ips {
@@ -215,10 +221,7 @@ func (d *EBPF) Contents() (Contents, error) {
 		return c, fmt.Errorf("reading the remote blocks map: %w", err)
 	}
 	for k, v := range blocks {
-		c.Peers = append(c.Peers, Peer{
-			CIDR:   netip.PrefixFrom(addrFromBE32(k.Addr), int(k.Prefixlen)),
-			NodeIP: addrFromBE32(v),
-		})
+		c.Peers = append(c.Peers, peerFromMap(k, v))
 	}
 	slices.SortFunc(c.Peers, func(a, b Peer) int {
 		return cmp.Or(comparePrefix(a.CIDR, b.CIDR), a.NodeIP.Compare(b.NodeIP))

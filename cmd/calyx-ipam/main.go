@@ -3,12 +3,12 @@
 package main
 
 import (
-	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/calyx-net/calyx/cni-plugin/cnimain"
 	"github.com/calyx-net/calyx/ipam/plugin"
 )
 
 func main() {
-	skel.PluginMainFuncs(plugin.Funcs(), version.PluginSupports("0.3.1", "0.4.0", "1.0.0", "1.1.0"), "calyx-ipam: block IPAM on the Kubernetes API")
+	cnimain.Run(plugin.Funcs(), version.PluginSupports("0.3.1", "0.4.0", "1.0.0", "1.1.0"), "calyx-ipam: block IPAM on the Kubernetes API")
 }

@@ -7,16 +7,15 @@ import (
 	"os"
 	"runtime/debug"
 
-	"github.com/containernetworking/cni/pkg/skel"
-
 	cniplugin "github.com/calyx-net/calyx/cni-plugin"
+	"github.com/calyx-net/calyx/cni-plugin/cnimain"
 )
 
 func main() {
 	// stdout carries the CNI result; diagnostics go to stderr, which the
 	// runtime logs.
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	skel.PluginMainFuncs(cniplugin.Funcs(), cniplugin.Versions, "calyx CNI plugin "+buildVersion())
+	cnimain.Run(cniplugin.Funcs(), cniplugin.Versions, "calyx CNI plugin "+buildVersion())
 }
 
 func buildVersion() string {

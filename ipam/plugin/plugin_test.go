@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -31,6 +32,11 @@ var pluginPath string
 // TestMain builds the real binary: the tests invoke it as a runtime does,
 // a process per call with the CNI environment and the netconf on stdin.
 func TestMain(m *testing.M) {
+	// Fuzz workers run only the Fuzz targets, which never exec the
+	// plugin: building it in each worker took most of `make fuzz`'s time.
+	if slices.Contains(os.Args, "-test.fuzzworker") {
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "calyx-ipam-bin-")
 	if err != nil {
 		panic(err)
