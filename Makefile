@@ -61,8 +61,13 @@ lint:
 # -p 1: the integration tests each start a kube-apiserver and build real
 # binaries; on a 2-core machine running packages one at a time is faster
 # than letting them fight. Tests inside a package still run in parallel.
+# The fuzz targets get a short bounded run each (FUZZTIME); `make fuzz`
+# alone runs them longer.
 test: lint verify-generate verify-bpf verify-manifests
 	$(GO) test -p 1 -count=1 -timeout 30m ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
+
+TEST_FUZZTIME ?= 3s
 
 clean:
 	rm -rf $(BIN)
@@ -117,3 +122,47 @@ e2e-kind: image
 
 shellcheck:
 	shellcheck $$(find . -name "*.sh" -not -path "./.git/*" -not -path "./bin/*")
+
+# The benchmark suite: calyx side by side with its references (Debian's
+# ptp + host-local, iperf3 over kernel VXLAN and plain routing, ip -batch)
+# on a lab of network namespaces; one markdown table on stdout and in
+# bench/results.md. Under the machine-wide lab lock: one lab at a time.
+# BENCH_FLAGS passes e.g. `-parts cni,burst -runs 5` (see bench/README.md).
+.PHONY: bench bench-deps
+BENCH_FLAGS ?=
+
+bench-deps:
+	@missing=""; \
+	[ -x /usr/lib/cni/ptp ] && [ -x /usr/lib/cni/host-local ] || missing="$$missing containernetworking-plugins"; \
+	command -v iperf3 >/dev/null || missing="$$missing iperf3"; \
+	if [ -n "$$missing" ]; then \
+		echo ">> apt-get install$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+bench: build bench-deps
+	$(SUDO) flock /tmp/calyx-lab.lock $(BIN)/calyx-bench -bin-dir $(BIN) -o bench/results.md $(BENCH_FLAGS)
+
+# Every fuzz target for FUZZTIME each (go test -fuzz takes one package and
+# one target per run). Failures land in the package's testdata/fuzz/<Fuzz…>/:
+# fix the code and commit the file as a regression seed. The committed
+# corpus also runs as plain tests in `go test ./...`.
+.PHONY: fuzz
+FUZZTIME ?= 10s
+FUZZ_TARGETS := \
+	FuzzLoadNetConf:./cni-plugin \
+	FuzzParsePodArgs:./cni-plugin \
+	FuzzParseConf:./ipam/plugin \
+	FuzzParseArgs:./ipam/plugin \
+	FuzzBPFMapEncoding:./agent/tunnel \
+	FuzzNodeAnnotations:./agent/desired
+
+fuzz:
+	@n=0; total=$(words $(FUZZ_TARGETS)); start=$$(date +%s); \
+	for t in $(FUZZ_TARGETS); do \
+		n=$$((n+1)); fn=$${t%%:*}; pkg=$${t#*:}; \
+		echo ">> [$$n/$$total] $$fn in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg || \
+			{ echo "fuzz: $$fn failed: the input is in $$pkg/testdata/fuzz/$$fn/"; exit 1; }; \
+	done; \
+	echo ">> fuzz: $$total targets in $$(( $$(date +%s) - start ))s"

@@ -1,0 +1,288 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/calyx-net/calyx/lab"
+	"github.com/calyx-net/calyx/lab/spawn"
+)
+
+const (
+	iperfSeconds = 4
+	vxlanDev     = "vxlan.bench"
+	vxlanMTU     = 1450
+)
+
+// datapathComms are the threads whose samples tell where a packet's time
+// goes: the sender and receiver, softirq, and the idle task softirqs
+// borrow.
+var datapathComms = []string{"iperf3", "swapper", "ksoftirqd/0", "ksoftirqd/1"}
+
+// dpMode is a way of carrying pod traffic between the two worker nodes,
+// set up over the same pods and namespaces.
+type dpMode struct {
+	name       string
+	setup, off func() error
+}
+
+// runDatapath measures iperf3 from a pod on one worker to a pod on the
+// other: through calyx's tunl0 (the eBPF IPIP datapath the lab's agents
+// run), through a kernel VXLAN device between the same nodes, and routed
+// plainly on the underlay; the modes interleave within every run.
+func runDatapath(ctx context.Context, e *Env) ([]Row, error) {
+	srvNode, cliNode := e.Lab.Workers()[0], e.Lab.Workers()[1]
+	c := e.Lab.Client()
+	srv, err := c.AddPod(ctx, lab.PodSpec{Namespace: "bench", Name: "iperf-server", Node: srvNode})
+	if err != nil {
+		return nil, err
+	}
+	defer c.DelPod(context.WithoutCancel(ctx), srv.Key())
+	cli, err := c.AddPod(ctx, lab.PodSpec{Namespace: "bench", Name: "iperf-client", Node: cliNode})
+	if err != nil {
+		return nil, err
+	}
+	defer c.DelPod(context.WithoutCancel(ctx), cli.Key())
+	srvIP, cliIP := e.Lab.Node(srvNode).IP, e.Lab.Node(cliNode).IP
+
+	// Both nodes' ends, so that replies take the same way.
+	type end struct{ node, peerPod, peerNodeIP, pod, vxAddr, peerVxAddr string }
+	ends := []end{
+		{cliNode, srv.IP, srvIP, cli.NetNS, "172.31.255.3", "172.31.255.2"},
+		{srvNode, cli.IP, cliIP, srv.NetNS, "172.31.255.2", "172.31.255.3"},
+	}
+	if err := addVXLAN(ends[0].node, cliIP, ends[0].vxAddr, ends[1].node, srvIP, ends[1].vxAddr); err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, x := range ends {
+			ipIn(x.node, "link", "del", vxlanDev)
+		}
+	}()
+	routeOff := func() error {
+		for _, x := range ends {
+			ipIn(x.node, "route", "del", x.peerPod+"/32")
+			ipIn(x.pod, "route", "del", x.peerPod+"/32")
+		}
+		return nil
+	}
+	modes := []dpMode{
+		{name: "calyx", setup: func() error { return nil }, off: routeOff},
+		{name: "plain", setup: func() error {
+			for _, x := range ends {
+				if _, err := ipIn(x.node, "route", "replace", x.peerPod+"/32", "via", x.peerNodeIP, "dev", lab.NICName); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, off: routeOff},
+		{name: "vxlan", setup: func() error {
+			for _, x := range ends {
+				if _, err := ipIn(x.node, "route", "replace", x.peerPod+"/32", "via", x.peerVxAddr, "dev", vxlanDev, "onlink"); err != nil {
+					return err
+				}
+				// The pod learns VXLAN's smaller MTU from its route, as it
+				// would from its interface under a VXLAN CNI.
+				if _, err := ipIn(x.pod, "route", "replace", x.peerPod+"/32", "via", "169.254.1.1", "dev", "eth0", "onlink", "mtu", "lock", strconv.Itoa(vxlanMTU)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, off: routeOff},
+	}
+	label := map[string]string{"tcp1": "TCP 1 stream", "tcp4": "TCP 4 streams", "udp64": "UDP 64-byte packets"}
+	type key struct{ mode, test string }
+	res := map[key][]float64{}
+	tests := []string{"tcp1", "tcp4", "udp64"}
+	for run := range e.Opts.Runs {
+		for _, m := range modes {
+			if err := m.setup(); err != nil {
+				m.off()
+				return nil, fmt.Errorf("setting up %s: %w", m.name, err)
+			}
+			if _, err := sh("ip", "netns", "exec", cli.NetNS, "ping", "-c", "1", "-W", "2", srv.IP); err != nil {
+				m.off()
+				return nil, fmt.Errorf("%s: the client pod cannot reach the server pod: %w", m.name, err)
+			}
+			for _, t := range tests {
+				var prof *perfRun
+				if e.Opts.Profile && run == e.Opts.Runs-1 && m.name != "vxlan" && t != "tcp1" {
+					prof = startPerf(e.Dir, m.name+"-"+t, iperfSeconds, []string{"-a"}, datapathComms)
+				}
+				v, cpu, err := iperf(cli.NetNS, srv.NetNS, srv.IP, t)
+				if prof != nil {
+					e.Note("datapath profile, %s %s (perf record -a, samples of iperf3, softirq and idle threads, top symbols): %s", m.name, label[t], prof.summary())
+				}
+				if err != nil {
+					m.off()
+					return nil, fmt.Errorf("%s %s: %w", m.name, t, err)
+				}
+				res[key{m.name, t}] = append(res[key{m.name, t}], v)
+				res[key{m.name, t + "cpu"}] = append(res[key{m.name, t + "cpu"}], cpu)
+				e.Logf("datapath: run %d/%d: %-5s %-5s %s", run+1, e.Opts.Runs, m.name, t, fmtIperf(t, v, cpu))
+			}
+			m.off()
+		}
+	}
+	var rows []Row
+	unit := map[string]string{"tcp1": "Gbit/s", "tcp4": "Gbit/s", "udp64": "kpps"}
+	for _, t := range tests {
+		rows = append(rows,
+			Row{Part: "datapath", Metric: label[t] + " vs plain", Unit: unit[t], Calyx: Of(res[key{"calyx", t}]...),
+				RefName: "plain routing", Ref: Of(res[key{"plain", t}]...), Goal: RatioAtLeast(0.9, "≥ 90% of plain")},
+			Row{Part: "datapath", Metric: label[t] + " vs VXLAN", Unit: unit[t], Calyx: Of(res[key{"calyx", t}]...),
+				RefName: "kernel VXLAN", Ref: Of(res[key{"vxlan", t}]...), Goal: RatioAtLeast(1, "ahead of VXLAN")},
+		)
+	}
+	for _, t := range tests[:2] {
+		rows = append(rows,
+			Row{Part: "datapath", Metric: label[t] + ": machine CPU per Gbit", Unit: "core-s/Gbit", Calyx: Of(res[key{"calyx", t + "cpu"}]...),
+				RefName: "plain routing", Ref: Of(res[key{"plain", t + "cpu"}]...)},
+			Row{Part: "datapath", Metric: label[t] + ": machine CPU per Gbit", Unit: "core-s/Gbit", Calyx: Of(res[key{"calyx", t + "cpu"}]...),
+				RefName: "kernel VXLAN", Ref: Of(res[key{"vxlan", t + "cpu"}]...)},
+		)
+	}
+	e.Note("datapath: iperf3 %d s per test from pod %s on %s to pod %s on %s; modes interleaved in every run over the same pods: calyx = the agents' tunl0 (eBPF IPIP), plain = a /32 route via the peer node on %s, VXLAN = a kernel VXLAN device (VNI 4096, MTU %d) with static neighbour/FDB entries. Pods' eth0 MTU is calyx's 1480 in all three modes; calyx's tc program stays on the NIC's ingress in all modes (it passes non-IPIP packets on). CPU is the whole machine's busy time from /proc/stat over the test, so other load on the machine counts too.",
+		iperfSeconds, cli.Key(), cliNode, srv.Key(), srvNode, lab.NICName, vxlanMTU)
+	return rows, nil
+}
+
+func fmtIperf(t string, v, cpu float64) string {
+	if t == "udp64" {
+		return fmt.Sprintf("%.0f kpps", v)
+	}
+	return fmt.Sprintf("%.2f Gbit/s, %.3f core-s/Gbit", v, cpu)
+}
+
+func addVXLAN(nodeA, ipA, addrA, nodeB, ipB, addrB string) error {
+	for _, x := range [][3]string{{nodeA, ipA, addrA}, {nodeB, ipB, addrB}} {
+		cmds := [][]string{
+			{"link", "add", vxlanDev, "type", "vxlan", "id", "4096", "dev", lab.NICName, "local", x[1], "dstport", "4789", "nolearning"},
+			{"link", "set", vxlanDev, "mtu", strconv.Itoa(vxlanMTU), "up"},
+			{"addr", "add", x[2] + "/32", "dev", vxlanDev},
+		}
+		for _, c := range cmds {
+			if _, err := ipIn(x[0], c...); err != nil {
+				return fmt.Errorf("setting up VXLAN: %w", err)
+			}
+		}
+	}
+	mac := func(node string) (string, error) {
+		out, err := ipIn(node, "-j", "link", "show", vxlanDev)
+		if err != nil {
+			return "", err
+		}
+		var l []struct {
+			Address string `json:"address"`
+		}
+		if err := json.Unmarshal([]byte(out), &l); err != nil || len(l) == 0 {
+			return "", fmt.Errorf("reading %s's MAC on %s: %v", vxlanDev, node, err)
+		}
+		return l[0].Address, nil
+	}
+	for _, x := range [][4]string{{nodeA, nodeB, ipB, addrB}, {nodeB, nodeA, ipA, addrA}} {
+		m, err := mac(x[1])
+		if err != nil {
+			return err
+		}
+		if _, err := ipIn(x[0], "neigh", "replace", x[3], "lladdr", m, "dev", vxlanDev, "nud", "permanent"); err != nil {
+			return err
+		}
+		if _, err := sh("bridge", "-n", x[0], "fdb", "append", m, "dev", vxlanDev, "dst", x[2], "self", "permanent"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cpuJiffies is the machine's busy and total time from /proc/stat.
+func cpuJiffies() (busy, total float64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+	for i, s := range f[1:] {
+		v, _ := strconv.ParseFloat(s, 64)
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total
+}
+
+// iperf runs one test from the client pod and returns Gbit/s (TCP) or
+// received kpps (UDP), and the machine's CPU per Gbit transferred.
+func iperf(podNS, srvNS, server, test string) (float64, float64, error) {
+	args := []string{"netns", "exec", podNS, "iperf3", "--client", server, "--port", "5201", "--time", strconv.Itoa(iperfSeconds), "--json"}
+	switch test {
+	case "tcp1":
+	case "tcp4":
+		args = append(args, "--parallel", "4")
+	case "udp64":
+		args = append(args, "--udp", "--length", "64", "--bitrate", "0")
+	}
+	// A fresh one-off server per test: a server that has just swallowed
+	// a UDP flood may turn the next client away.
+	srvCmd := exec.Command("iperf3", "--server", "--one-off", "--port", "5201")
+	exited, err := spawn.Start(srvCmd, netnsPath(srvNS))
+	if err != nil {
+		return 0, 0, fmt.Errorf("starting the iperf3 server: %w", err)
+	}
+	defer func() {
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			srvCmd.Process.Kill()
+			<-exited
+		}
+	}()
+	var out string
+	var b0, b1 float64
+	for attempt := 0; ; attempt++ {
+		time.Sleep(200 * time.Millisecond) // the server's listen
+		b0, _ = cpuJiffies()
+		out, err = sh("ip", args...)
+		b1, _ = cpuJiffies()
+		if err == nil || attempt == 5 || !strings.Contains(err.Error(), "refused") {
+			break
+		}
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	var r struct {
+		End struct {
+			SumReceived struct {
+				Bytes         float64 `json:"bytes"`
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+			Sum struct {
+				Seconds     float64 `json:"seconds"`
+				Packets     float64 `json:"packets"`
+				LostPackets float64 `json:"lost_packets"`
+			} `json:"sum"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil || r.Error != "" {
+		return 0, 0, fmt.Errorf("iperf3 output: %v %s", err, r.Error)
+	}
+	cpuSeconds := (b1 - b0) / 100 // USER_HZ
+	if test == "udp64" {
+		s := r.End.Sum
+		if s.Seconds == 0 {
+			return 0, 0, fmt.Errorf("iperf3 UDP output without a sum")
+		}
+		return (s.Packets - s.LostPackets) / s.Seconds / 1e3, 0, nil
+	}
+	gbit := r.End.SumReceived.Bytes * 8 / 1e9
+	return r.End.SumReceived.BitsPerSecond / 1e9, cpuSeconds / gbit, nil
+}

@@ -1,0 +1,84 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/calyx-net/calyx/lab"
+)
+
+// Lab is the shared 3-node lab the lab parts run on.
+type Lab struct {
+	*lab.Lab
+	State *lab.State
+}
+
+// Node is a lab node by name.
+func (l *Lab) Node(name string) *lab.NodeState {
+	n, _ := l.State.Node(name)
+	return n
+}
+
+// Workers are the worker nodes: the first one is where pods go.
+func (l *Lab) Workers() []string { return []string{lab.NodeName(0), lab.NodeName(1)} }
+
+// Others are every node but name.
+func (l *Lab) Others(name string) []string {
+	var o []string
+	for _, n := range l.State.Nodes {
+		if n.Name != name {
+			o = append(o, n.Name)
+		}
+	}
+	return o
+}
+
+// upLab waits for any other lab on the machine to go (the namespaces have
+// fixed names), then brings one up.
+func upLab(ctx context.Context, e *Env) (*Lab, error) {
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		if _, err := os.Stat(netnsPath(lab.ControlPlaneNode)); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("another lab (namespace %s) is still up after 5 minutes: run `calyx-lab down` or wait, and run make bench under `flock /tmp/calyx-lab.lock`", lab.ControlPlaneNode)
+		}
+		e.Logf("lab: another lab is up; waiting")
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Second):
+		}
+	}
+	dir := filepath.Join(e.Dir, "lab")
+	l, err := lab.Up(ctx, lab.Options{Dir: dir, BinDir: e.Opts.BinDir, Progress: prefixWriter{e, "lab: "}})
+	if err != nil {
+		return nil, err
+	}
+	s, err := lab.ReadState(dir)
+	if err != nil {
+		l.Down()
+		return nil, err
+	}
+	return &Lab{Lab: l, State: s}, nil
+}
+
+// prefixWriter turns the lab's progress into progress lines.
+type prefixWriter struct {
+	e      *Env
+	prefix string
+}
+
+func (w prefixWriter) Write(p []byte) (int, error) {
+	for _, l := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		if strings.TrimSpace(l) != "" {
+			w.e.Logf("%s%s", w.prefix, strings.TrimSpace(l))
+		}
+	}
+	return len(p), nil
+}
