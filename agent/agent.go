@@ -144,6 +144,9 @@ type Agent struct {
 	alloc   ipam.Allocator
 
 	kick chan struct{}
+	// kernelDirty says the kernel changed under something the agent owns
+	// since the last reconcile.
+	kernelDirty atomic.Bool
 	// ulIface is the underlay NIC's name, for the link subscription.
 	ulIface atomic.Pointer[string]
 
@@ -152,6 +155,8 @@ type Agent struct {
 	tunnelAddr netip.Addr
 	protoNamed bool
 	last       desired.State
+	// lastOK says last was applied without error.
+	lastOK bool
 }
 
 type datapathBox struct{ tunnel.Datapath }
@@ -487,6 +492,7 @@ func (a *Agent) loop(ctx context.Context) {
 	retry := backoff{min: 100 * time.Millisecond, max: a.cfg.ResyncPeriod}
 	var retryC <-chan time.Time
 	a.trigger()
+	full := true
 	for {
 		select {
 		case <-ctx.Done():
@@ -503,10 +509,13 @@ func (a *Agent) loop(ctx context.Context) {
 			case <-a.kick:
 			default:
 			}
+			full = false
 		case <-resync.C:
+			full = true
 		case <-retryC:
+			full = true
 		}
-		if err := a.sync(ctx); err != nil {
+		if err := a.sync(ctx, full); err != nil {
 			d := retry.next()
 			retryC = time.After(d)
 			a.log.Debug("sync failed; retrying", "in", d, "err", err)

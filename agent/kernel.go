@@ -38,7 +38,7 @@ func (a *Agent) watchKernel(ctx context.Context, wg *sync.WaitGroup) {
 					}
 				}
 				close(done)
-				a.trigger()
+				a.kernelChanged()
 				select {
 				case <-ctx.Done():
 				case <-time.After(100 * time.Millisecond):
@@ -64,7 +64,7 @@ func (a *Agent) watchKernel(ctx context.Context, wg *sync.WaitGroup) {
 			go func() {
 				for u := range ch {
 					if u.Protocol == routes.Protocol {
-						a.trigger()
+						a.kernelChanged()
 					}
 				}
 				report(errc)(errClosed)
@@ -79,10 +79,12 @@ func (a *Agent) watchKernel(ctx context.Context, wg *sync.WaitGroup) {
 		})
 		if err == nil {
 			go func() {
-				// Pods' veths have no host-side address, so address
-				// changes are rare and all worth a look.
-				for range ch {
-					a.trigger()
+				// Pods' veths have no host-side IPv4 address; their IPv6
+				// link-local ones, which come with every pod, are not ours.
+				for u := range ch {
+					if u.LinkAddress.IP.To4() != nil {
+						a.kernelChanged()
+					}
 				}
 				report(errc)(errClosed)
 			}()
@@ -99,7 +101,7 @@ func (a *Agent) watchKernel(ctx context.Context, wg *sync.WaitGroup) {
 				for u := range ch {
 					// tunl0, and the eBPF datapath's tunl0-encap.
 					if name := u.Attrs().Name; strings.HasPrefix(name, tunnel.DeviceName) || name == a.underlayName() {
-						a.trigger()
+						a.kernelChanged()
 					}
 				}
 				report(errc)(errClosed)
@@ -124,13 +126,20 @@ func (a *Agent) watchKernel(ctx context.Context, wg *sync.WaitGroup) {
 		go func() {
 			for ev := range events {
 				if ev.Error != nil || ours(ev.Data) {
-					a.trigger()
+					a.kernelChanged()
 				}
 			}
 			report(errc)(errClosed)
 		}()
 		return nil
 	})
+}
+
+// kernelChanged asks for a sync that reconciles the kernel even if the
+// cluster did not change.
+func (a *Agent) kernelChanged() {
+	a.kernelDirty.Store(true)
+	a.trigger()
 }
 
 type closedError struct{}

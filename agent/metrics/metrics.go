@@ -63,7 +63,7 @@ func New(src Sources) *Metrics {
 		}),
 		Syncs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "calyx_agent_syncs_total",
-			Help: "Syncs by result.",
+			Help: "Syncs by result: ok, error, or unchanged (the desired state and the kernel had not changed: nothing reconciled).",
 		}, []string{"result"}),
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "calyx_agent_errors_total",
@@ -113,6 +113,7 @@ func New(src Sources) *Metrics {
 		m.Syncs.WithLabelValues(r)
 		m.GCPasses.WithLabelValues(r)
 	}
+	m.Syncs.WithLabelValues("unchanged")
 	for _, r := range []string{"pod-gone", "node-gone", "sandbox-gone"} {
 		m.GCReleased.WithLabelValues(r)
 	}
