@@ -14,7 +14,9 @@ func (a *Agent) startGC(ctx context.Context, wg *sync.WaitGroup) {
 	if !a.cfg.GC.Enabled {
 		return
 	}
-	c, err := ipamgc.New(a.cfg.GC, a.cfg.NodeName, a.kube.kube, a.kube.calyx, a.metrics, a.log.With("component", "ipam-gc"))
+	cfg := a.cfg.GC
+	cfg.Blocks, cfg.Nodes = a.kube.blocks, a.kube.nodes
+	c, err := ipamgc.New(cfg, a.cfg.NodeName, a.kube.kube, a.kube.calyx, a.metrics, a.log.With("component", "ipam-gc"))
 	if err != nil {
 		a.log.Error("IPAM garbage collection is off", "err", err)
 		return

@@ -262,6 +262,7 @@ func (s *scaleEnv) measure(ctx context.Context, size int, profile bool) (scaleRe
 	cmd := exec.Command(filepath.Join(s.e.Opts.BinDir, "calyx-agent"),
 		"--node-name="+scaleAgentNode, "--kubeconfig="+s.kubeconfig, "--underlay=interface=^ens160$",
 		"--ipip-datapath=ebpf", "--state-dir="+filepath.Join(dir, "state"), "--rt-protos-dir=",
+		"--ipam-socket="+filepath.Join(dir, "ipam.sock"),
 		"--health-address=127.0.0.1:9099", "--metrics-address=127.0.0.1:9091")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	h, nsh, err := netlinkIn(s.agentNS)

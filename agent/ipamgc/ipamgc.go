@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -26,6 +27,8 @@ import (
 
 	"github.com/calyx-net/calyx/agent/metrics"
 	"github.com/calyx-net/calyx/api/client/clientset/versioned"
+	calyxlisters "github.com/calyx-net/calyx/api/client/listers/api/v1alpha1"
+	"github.com/calyx-net/calyx/api/v1alpha1"
 	"github.com/calyx-net/calyx/ipam"
 )
 
@@ -55,6 +58,15 @@ type Config struct {
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	// Now is the clock the grace period is measured on; default time.Now.
 	Now func() time.Time
+	// Blocks, when set, is a running informer's cache of the blocks (the
+	// agent's own), listed instead of the API server: a List of every
+	// block each pass cost the leader ~0.7% of a core and 11 MB at 5,000
+	// blocks. Every decision is still confirmed with a fresh Get and a
+	// resourceVersion precondition.
+	Blocks calyxlisters.IPAMBlockLister
+	// Nodes, when set, is a running informer's cache of the nodes, used
+	// instead of an informer of the collector's own.
+	Nodes corelisters.NodeLister
 }
 
 func (c Config) withDefaults() Config {
@@ -126,8 +138,34 @@ func New(cfg Config, identity string, kube kubernetes.Interface, calyx versioned
 	cfg = cfg.withDefaults()
 	return &Controller{
 		cfg: cfg, identity: identity, kube: kube, metrics: m, log: log,
-		collector: ipam.NewCollector(ipam.NewKubeGCStore(calyx), ipam.CollectorOptions{Grace: cfg.Grace, Now: cfg.Now, Logger: log}),
+		collector: ipam.NewCollector(gcStore(calyx, cfg.Blocks), ipam.CollectorOptions{Grace: cfg.Grace, Now: cfg.Now, Logger: log}),
 	}, nil
+}
+
+func gcStore(cs versioned.Interface, blocks calyxlisters.IPAMBlockLister) ipam.GCStore {
+	s := ipam.NewKubeGCStore(cs)
+	if blocks == nil {
+		return s
+	}
+	return &cachedBlocks{KubeGCStore: s, blocks: blocks}
+}
+
+// cachedBlocks lists blocks from an informer cache.
+type cachedBlocks struct {
+	*ipam.KubeGCStore
+	blocks calyxlisters.IPAMBlockLister
+}
+
+func (s *cachedBlocks) ListBlocks(_ context.Context, sel map[string]string) ([]v1alpha1.IPAMBlock, error) {
+	bs, err := s.blocks.List(labels.SelectorFromSet(sel))
+	if err != nil {
+		return nil, fmt.Errorf("listing the cached blocks: %w", err)
+	}
+	out := make([]v1alpha1.IPAMBlock, len(bs))
+	for i, b := range bs {
+		b.DeepCopyInto(&out[i])
+	}
+	return out, nil
 }
 
 // Run campaigns until ctx ends, and collects every Interval while it
@@ -285,7 +323,13 @@ func (c *Controller) watch(ctx context.Context) (*cluster, func(), error) {
 			return obj, nil
 		}))
 	pods, nodes := f.Core().V1().Pods(), f.Core().V1().Nodes()
-	podInf, nodeInf := pods.Informer(), nodes.Informer()
+	podInf := pods.Informer()
+	synced := []cache.InformerSynced{podInf.HasSynced}
+	nodeLister := c.cfg.Nodes
+	if nodeLister == nil {
+		synced = append(synced, nodes.Informer().HasSynced)
+		nodeLister = nodes.Lister()
+	}
 	f.Start(ictx.Done())
 	stop := func() {
 		cancel()
@@ -296,11 +340,11 @@ func (c *Controller) watch(ctx context.Context) (*cluster, func(), error) {
 		c.log.Warn("the IPAM garbage collector still waits for its first list of pods and nodes; may the agent list and watch pods (deploy/parts/20-rbac.yaml)?")
 	})
 	defer slow.Stop()
-	if !cache.WaitForCacheSync(ictx.Done(), podInf.HasSynced, nodeInf.HasSynced) {
+	if !cache.WaitForCacheSync(ictx.Done(), synced...) {
 		stop()
 		return nil, nil, ctx.Err()
 	}
-	return &cluster{kube: c.kube, pods: pods.Lister(), nodes: nodes.Lister()}, stop, nil
+	return &cluster{kube: c.kube, pods: pods.Lister(), nodes: nodeLister}, stop, nil
 }
 
 func (c *cluster) Pod(ctx context.Context, namespace, name string, fresh bool) (ipam.PodInfo, bool, error) {
