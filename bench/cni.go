@@ -53,6 +53,25 @@ func withoutPortmap(full *cniSetup) (*cniSetup, error) {
 	return &cniSetup{name: "calyx without portmap", node: full.node, list: l, cni: full.cni}, nil
 }
 
+// withoutAgent is the calyx entry alone with ipam.agent_socket removed:
+// calyx-ipam runs as a binary with its own API client, as it does while
+// the agent is down (and as every ADD did before the socket).
+func withoutAgent(full *cniSetup) (*cniSetup, error) {
+	var list map[string]any
+	if err := json.Unmarshal(full.list.Bytes, &list); err != nil {
+		return nil, err
+	}
+	calyx := list["plugins"].([]any)[0].(map[string]any)
+	delete(calyx["ipam"].(map[string]any), "agent_socket")
+	list["plugins"] = []any{calyx}
+	b, _ := json.Marshal(list)
+	l, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		return nil, err
+	}
+	return &cniSetup{name: "calyx, calyx-ipam binary", node: full.node, list: l, cni: full.cni}, nil
+}
+
 // refSetup is Debian's ptp with host-local, the plainest pair of plugins
 // that does the same job: a veth with a host route per pod.
 func refSetup(e *Env, node string) (*cniSetup, error) {
@@ -163,8 +182,14 @@ func runCNI(ctx context.Context, e *Env) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
+	binary, err := withoutAgent(cx)
+	if err != nil {
+		return nil, err
+	}
 	type stat struct{ addP50, addP99, delP50, delP99 []float64 }
-	setups := []*cniSetup{cx, ref, alone}
+	// The pair first: calyx + calyx-ipam (through the agent, as
+	// the shipped conflist has it) against ptp + host-local.
+	setups := []*cniSetup{alone, ref, cx, binary}
 	stats := make([]stat, len(setups))
 	for run := range e.Opts.Runs {
 		pods := make([][]*benchPod, len(setups))
@@ -219,19 +244,21 @@ func runCNI(ctx context.Context, e *Env) ([]Row, error) {
 			st.delP50 = append(st.delP50, ms(percentile(del[k], 50)))
 			st.delP99 = append(st.delP99, ms(percentile(del[k], 99)))
 		}
-		e.Logf("cni: run %d/%d: ADD p50 calyx %.1f ms (without portmap %.1f), ref %.1f ms; DEL p50 calyx %.1f ms (without portmap %.1f), ref %.1f ms",
-			run+1, e.Opts.Runs, stats[0].addP50[run], stats[2].addP50[run], stats[1].addP50[run], stats[0].delP50[run], stats[2].delP50[run], stats[1].delP50[run])
+		e.Logf("cni: run %d/%d: ADD p50 calyx+calyx-ipam %.1f ms (shipped conflist with portmap %.1f, calyx-ipam binary %.1f), ref %.1f ms; DEL p50 %.1f ms, ref %.1f ms",
+			run+1, e.Opts.Runs, stats[0].addP50[run], stats[2].addP50[run], stats[3].addP50[run], stats[1].addP50[run], stats[0].delP50[run], stats[1].delP50[run])
 	}
-	sc, sr, sa := stats[0], stats[1], stats[2]
+	sc, sr, sf, sb := stats[0], stats[1], stats[2], stats[3]
 	refName := "ptp+host-local"
 	metric := func(what string) string { return fmt.Sprintf("%s over %d pods", what, cniPods) }
-	e.Note("cni: calyx is the lab node's own conflist (calyx + calyx-ipam, portmap) through libcni from node %s's namespace; the reference is Debian's ptp + host-local (%s) on the same node, pod by pod interleaved. The breakdown rows run the same conflist cut to its calyx entry (calyx + calyx-ipam, no portmap), interleaved too.", node, e.Opts.RefCNIDir)
+	e.Note("cni: calyx + calyx-ipam is the calyx entry of the lab node's own conflist (calyx-ipam answered by the node's agent over ipam.agent_socket) through libcni from node %s's namespace; the reference is Debian's ptp + host-local (%s) on the same node, pod by pod interleaved. Extra rows, interleaved too: the whole shipped conflist (calyx, then portmap, which the reference lacks), and calyx-ipam run as a binary with its own API client (agent_socket removed: the path while the agent is down, and every ADD's before the socket).", node, e.Opts.RefCNIDir)
 	return []Row{
-		{Part: "cni", Metric: metric("ADD p50"), Unit: "ms", Calyx: Of(sc.addP50...), RefName: refName, Ref: Of(sr.addP50...), Goal: RatioAtMost(1.5)},
-		{Part: "cni", Metric: metric("ADD p99"), Unit: "ms", Calyx: Of(sc.addP99...), RefName: refName, Ref: Of(sr.addP99...), Goal: RatioAtMost(3)},
-		{Part: "cni", Metric: metric("DEL p50"), Unit: "ms", Calyx: Of(sc.delP50...), RefName: refName, Ref: Of(sr.delP50...)},
-		{Part: "cni", Metric: metric("DEL p99"), Unit: "ms", Calyx: Of(sc.delP99...), RefName: refName, Ref: Of(sr.delP99...)},
-		{Part: "cni", Metric: metric("ADD p50, calyx without portmap (breakdown)"), Unit: "ms", Calyx: Of(sa.addP50...), RefName: refName, Ref: Of(sr.addP50...)},
-		{Part: "cni", Metric: metric("DEL p50, calyx without portmap (breakdown)"), Unit: "ms", Calyx: Of(sa.delP50...), RefName: refName, Ref: Of(sr.delP50...)},
+		{Part: "cni", Metric: metric("ADD p50, calyx + calyx-ipam"), Unit: "ms", Calyx: Of(sc.addP50...), RefName: refName, Ref: Of(sr.addP50...), Goal: RatioAtMost(1.5)},
+		{Part: "cni", Metric: metric("ADD p99, calyx + calyx-ipam"), Unit: "ms", Calyx: Of(sc.addP99...), RefName: refName, Ref: Of(sr.addP99...), Goal: RatioAtMost(3)},
+		{Part: "cni", Metric: metric("DEL p50, calyx + calyx-ipam"), Unit: "ms", Calyx: Of(sc.delP50...), RefName: refName, Ref: Of(sr.delP50...)},
+		{Part: "cni", Metric: metric("DEL p99, calyx + calyx-ipam"), Unit: "ms", Calyx: Of(sc.delP99...), RefName: refName, Ref: Of(sr.delP99...)},
+		{Part: "cni", Metric: metric("ADD p50, shipped conflist (+ portmap)"), Unit: "ms", Calyx: Of(sf.addP50...), RefName: refName, Ref: Of(sr.addP50...)},
+		{Part: "cni", Metric: metric("DEL p50, shipped conflist (+ portmap)"), Unit: "ms", Calyx: Of(sf.delP50...), RefName: refName, Ref: Of(sr.delP50...)},
+		{Part: "cni", Metric: metric("ADD p50, calyx-ipam as a binary (no agent socket)"), Unit: "ms", Calyx: Of(sb.addP50...), RefName: refName, Ref: Of(sr.addP50...)},
+		{Part: "cni", Metric: metric("ADD p99, calyx-ipam as a binary (no agent socket)"), Unit: "ms", Calyx: Of(sb.addP99...), RefName: refName, Ref: Of(sr.addP99...)},
 	}, nil
 }
