@@ -100,23 +100,18 @@ func (s *CachedStore) GetBlock(ctx context.Context, name string) (*v1alpha1.IPAM
 			return own.DeepCopy(), nil
 		}
 	}
-	b, err := s.Store.GetBlock(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	s.remember(b)
-	return b.DeepCopy(), nil
+	return s.GetBlockFromAPI(ctx, name)
 }
 
 // GetBlockFromAPI skips the caches: for the one read whose staleness would
 // lead to a wrong decision that no compare-and-swap catches.
 func (s *CachedStore) GetBlockFromAPI(ctx context.Context, name string) (*v1alpha1.IPAMBlock, error) {
 	b, err := s.Store.GetBlock(ctx, name)
-	if err == nil {
-		s.remember(b)
-		return b.DeepCopy(), nil
+	if err != nil {
+		return nil, err
 	}
-	return nil, err
+	s.remember(b)
+	return b.DeepCopy(), nil
 }
 
 func (s *CachedStore) remember(b *v1alpha1.IPAMBlock) {
