@@ -6,16 +6,15 @@ import (
 	"fmt"
 	"os"
 	"reflect"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/agent/nsexec"
 	"github.com/calyx-net/calyx/agent/routes"
 	"github.com/calyx-net/calyx/agent/statedir"
 	"github.com/calyx-net/calyx/agent/underlay"
@@ -266,42 +265,12 @@ func (a *Agent) enableForwarding() error {
 		// Already there: switching would need CAP_SYS_ADMIN for nothing.
 		err = set()
 	} else {
-		err = inNetNS(a.ns, set)
+		err = nsexec.Run(a.ns, set)
 	}
 	if err != nil {
 		return fmt.Errorf("enabling IPv4 forwarding (%s): %w", path, err)
 	}
 	return nil
-}
-
-// inNetNS runs f on an OS thread switched into ns and back. The thread
-// returns to the scheduler afterwards rather than ending: a process forked
-// with Pdeathsig from a thread dies when that thread does. Only when the
-// switch back fails is the thread left locked, to die with its goroutine.
-func inNetNS(ns netns.NsHandle, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("reading the thread's namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("entering the node's namespace: %w", err)
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leaving the node's namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 func (a *Agent) underlayName() string {

@@ -7,12 +7,10 @@ package testnet
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +19,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/calyx-net/calyx/agent/nsexec"
 )
 
 // NS is a named network namespace.
@@ -163,38 +163,8 @@ func (n *NS) Do(t testing.TB, f func() error) {
 	}
 }
 
-// InNS runs f on an OS thread switched into ns, and switches the thread
-// back before handing it to the Go scheduler again. It does not let the
-// thread die instead, although that is the simpler way to never leak a
-// namespace: a child process started with Pdeathsig (kube-apiserver in
-// lab/controlplane) is killed when the thread that forked it ends, and any
-// thread may have been that one. Only when switching back fails does the
-// thread stay locked and die.
-func InNS(ns netns.NsHandle, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("entering netns: %w", err)
-			return // the thread may be half-switched: let it die
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leaving netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// InNS runs f on an OS thread switched into ns and back (nsexec.Run).
+func InNS(ns netns.NsHandle, f func() error) error { return nsexec.Run(ns, f) }
 
 // Pod is a pod namespace wired to its node the way the CNI plugin does it.
 type Pod struct {
