@@ -283,7 +283,7 @@ func openNetNS(path string) (ns.NetNS, error) {
 	if err == nil {
 		// GetNS accepts any namespace file (/proc/self/ns/mnt too); entering
 		// one that is not a network namespace fails later, after work.
-		t, terr := unix.IoctlRetInt(int(netns.Fd()), unix.NS_GET_NSTYPE)
+		t, terr := nsType(netns)
 		if terr == nil && t == unix.CLONE_NEWNET {
 			return netns, nil
 		}

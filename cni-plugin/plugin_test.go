@@ -38,6 +38,7 @@ func TestPlugin(t *testing.T) {
 	t.Run("ADD twice", func(t *testing.T) { t.Parallel(); testAddTwice(t, e) })
 	t.Run("DEL twice", func(t *testing.T) { t.Parallel(); testDelTwice(t, e) })
 	t.Run("DEL after the netns is gone", func(t *testing.T) { t.Parallel(); testDelNetnsGone(t, e) })
+	t.Run("DEL with CNI_NETNS not a netns", func(t *testing.T) { t.Parallel(); testDelNotNetns(t, e) })
 	t.Run("an old sandbox's DEL spares the new one", func(t *testing.T) { t.Parallel(); testSandboxRestart(t, e) })
 	t.Run("CHECK finds a deleted default route", func(t *testing.T) { t.Parallel(); testCheckRoute(t, e) })
 	t.Run("bad input", func(t *testing.T) { t.Parallel(); testBadInput(t, e) })
@@ -313,6 +314,27 @@ func testDelNetnsGone(t *testing.T, e *env) {
 		t.Fatalf("DEL with the netns gone: %v", err)
 	}
 	n.assertClean(t)
+}
+
+// testDelNotNetns: a DEL whose CNI_NETNS is a regular file or another
+// kind of namespace cannot find the pod end there; it removes the host
+// end by name and releases the address like a DEL after the netns is
+// gone, instead of failing forever.
+func testDelNotNetns(t *testing.T, e *env) {
+	file := filepath.Join(t.TempDir(), "not-a-netns")
+	writeFile(t, file, "")
+	for _, path := range []string{file, "/proc/self/ns/mnt"} {
+		n := newNode(t, e)
+		p := newPod(t, "default", "tftp-server")
+		list := n.conflist("", nil)
+		mustAdd(t, n, list, p.rt())
+		rt := p.rt()
+		rt.NetNS = path
+		if err := n.del(list, rt); err != nil {
+			t.Fatalf("DEL with CNI_NETNS %s: %v", path, err)
+		}
+		n.assertClean(t)
+	}
 }
 
 // testSandboxRestart: a pod's host veth name comes from its namespace and

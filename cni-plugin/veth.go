@@ -237,12 +237,32 @@ func (w *Wiring) configureContainer(cont netlink.Link) error {
 	return nil
 }
 
+// isNetNS says whether path is a network namespace. A DEL whose CNI_NETNS
+// is anything else (a stale path, a file, another kind of namespace) has
+// no pod end to find there: the host end is removed by name, which takes
+// the pair with it, and the DEL succeeds instead of failing forever.
+func isNetNS(path string) bool {
+	n, err := ns.GetNS(path)
+	if err != nil {
+		return false
+	}
+	defer n.Close()
+	t, err := nsType(n)
+	return err == nil && t == unix.CLONE_NEWNET
+}
+
+// nsType is the kind of namespace n is (CLONE_NEWNET, CLONE_NEWNS, …):
+// ns.GetNS accepts any namespace file.
+func nsType(n ns.NetNS) (int, error) {
+	return unix.IoctlRetInt(int(n.Fd()), unix.NS_GET_NSTYPE)
+}
+
 // Teardown removes the pair, best effort and repeatable: a missing netns,
 // a missing interface or a host veth that now belongs to another container
 // are all fine. netnsPath may be empty.
 func (w *Wiring) Teardown(netnsPath string) error {
 	var errs []error
-	if netnsPath != "" {
+	if netnsPath != "" && isNetNS(netnsPath) {
 		err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
 			cont, err := netlinksafe.LinkByName(w.ContName)
 			if isNotFound(err) {
