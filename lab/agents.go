@@ -30,6 +30,9 @@ func (l *Lab) startAgent(node string) error {
 		"--ipip-datapath=" + l.opts.Datapath,
 		"--state-dir=" + filepath.Join(dir, "state"),
 		"--ipam-socket=" + filepath.Join(dir, "ipam.sock"),
+		// A lab is short-lived: a retired node's addresses are reclaimed
+		// within seconds rather than a minute (the grace for pods stays).
+		"--gc-interval=5s",
 		"--health-address=" + agentHealthAddr,
 		"--metrics-address=" + agentMetricsAddr,
 	}

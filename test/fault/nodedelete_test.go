@@ -2,23 +2,30 @@ package fault
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/calyx-net/calyx/agent/firewall"
 	"github.com/calyx-net/calyx/lab"
 )
 
-// TestNodeDeleted deletes a Node from the API, as `kubectl delete node`
-// does when a machine is retired: every other node's agent drops its routes
-// to that node's blocks within a second, so no pod traffic goes on to a
-// machine that may get another job. (Its addresses are GC's to reclaim.)
+// TestNodeDeleted retires a machine: its agent dies with it and its Node
+// is deleted from the API, as `kubectl delete node` does. Every other
+// node's agent drops its routes to that node's blocks within a second, so
+// no pod traffic goes on to a machine that may get another job, and the
+// IPAM garbage collector (on another node) releases every address of the
+// node and deletes its blocks and affinity.
 //
-// It runs last in the package (its file sorts last; keep it so): the lab's node is registered again
-// afterwards, but what GC does meanwhile is not this test's business.
+// It runs last in the package (its file sorts last; keep it so): the lab's
+// node is registered and its agent started again afterwards, with new
+// addresses.
 func TestNodeDeleted(t *testing.T) {
 	const within = time.Second
 	l := sharedLab(t)
@@ -55,6 +62,7 @@ func TestNodeDeleted(t *testing.T) {
 		t.Logf("%s: %d calyx routes via %s before the deletion", node, n, goneIP)
 	}
 
+	l.StopAgent(gone)
 	begin := time.Now()
 	if err := l.DeleteNode(ctx, gone); err != nil {
 		t.Fatal(err)
@@ -63,6 +71,9 @@ func TestNodeDeleted(t *testing.T) {
 		// Give the lab its node back: the kubelet would register it again.
 		if err := l.RegisterNode(context.Background(), gone); err != nil {
 			t.Errorf("registering %s again: %v", gone, err)
+		}
+		if err := l.StartAgent(context.Background(), gone); err != nil {
+			t.Errorf("starting %s's agent again: %v", gone, err)
 		}
 	})
 	var wg sync.WaitGroup
@@ -125,4 +136,41 @@ func TestNodeDeleted(t *testing.T) {
 			t.Errorf("%s still trusted %s's IPIP %s after its deletion, want within %s", node, gone, d.Round(time.Millisecond), within)
 		}
 	}
+
+	// GC: the lease may have been the dead agent's (15 s to expire), then
+	// one pass (the lab's agents run one every 5 s).
+	var held []string
+	gcTook, ok := pollUntil(40*time.Second, 200*time.Millisecond, func() bool {
+		held = heldBy(t, l, gone)
+		return len(held) == 0
+	})
+	if !ok {
+		t.Fatalf("40 s after Node %s was deleted, the IPAM still holds for it: %v", gone, held)
+	}
+	t.Logf("the IPAM garbage collector released every address, block and affinity of %s %s after the deletion", gone, gcTook.Round(time.Millisecond))
+}
+
+// heldBy lists what the IPAM still holds for node: allocations used on it,
+// blocks affine to it, its IPAMAffinity.
+func heldBy(t *testing.T, l *lab.Lab, node string) []string {
+	t.Helper()
+	var held []string
+	_, blocks := podAllocations(t, l)
+	for _, b := range blocks {
+		if b.Spec.Node == node {
+			held = append(held, "block "+b.Spec.CIDR)
+		}
+		for _, a := range b.Spec.Allocations {
+			if a.Node == node || (a.Node == "" && b.Spec.Node == node) {
+				held = append(held, fmt.Sprintf("%s (%s)", addrAt(t, b.Spec.CIDR, a.Ordinal), a.Handle))
+			}
+		}
+	}
+	_, err := l.Calyx.CalyxV1alpha1().IPAMAffinities().Get(context.Background(), node, metav1.GetOptions{})
+	if err == nil {
+		held = append(held, "IPAMAffinity "+node)
+	} else if !apierrors.IsNotFound(err) {
+		t.Fatalf("reading IPAMAffinity %s: %v", node, err)
+	}
+	return held
 }
