@@ -66,8 +66,7 @@ type IPAMBlockSpec struct {
 
 	// Allocations are the addresses in use, by ordinal.
 	// +optional
-	// +listType=map
-	// +listMapKey=ordinal
+	// +listType=atomic
 	Allocations []Allocation `json:"allocations,omitempty"`
 }
 
