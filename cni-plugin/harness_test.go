@@ -13,10 +13,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -252,76 +250,10 @@ func newNode(t testing.TB, e *env, opts ...nodeOpt) *node {
 		t.Fatalf("setting up node netns: %v", err)
 	}
 	if n.kind == ipamCalyx {
-		n.forwardAPIServer(t)
+		cptest.ForwardInto(t, n.netns.Path(), e.cp.URL)
 	}
 	n.baseLinks, n.baseRoutes = n.links(), n.routes()
 	return n
-}
-
-// forwardAPIServer makes the test's kube-apiserver, listening on the
-// host's loopback, reachable at the same address from inside the node's
-// namespace, so that the kubeconfig works unchanged there: a listener in
-// the node's namespace whose connections the test process splices to the
-// real one. Nothing is added to the host's namespace.
-func (n *node) forwardAPIServer(t testing.TB) {
-	u, err := url.Parse(n.env.cp.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ln net.Listener
-	err = n.netns.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", u.Host)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listening for the API server in the node's netns: %v", err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns = map[net.Conn]bool{}
-	)
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Go(func() {
-				splice(c, u.Host)
-				mu.Lock()
-				delete(conns, c)
-				mu.Unlock()
-			})
-		}
-	})
-}
-
-func splice(c net.Conn, target string) {
-	defer c.Close()
-	up, err := net.DialTimeout("tcp", target, 5*time.Second)
-	if err != nil {
-		return
-	}
-	defer up.Close()
-	done := make(chan struct{}, 2)
-	go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-	go func() { io.Copy(c, up); c.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-	<-done
-	<-done
 }
 
 // conflist is the shipped deploy/10-calyx.conflist with this node's paths

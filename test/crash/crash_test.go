@@ -12,19 +12,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	mrand "math/rand/v2"
-	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -103,7 +99,7 @@ func newRig(t *testing.T) *rig {
 	}
 
 	r.node = testnet.New(t, "crashnode")
-	forwardAPIServer(t, r.node, cp.URL)
+	cptest.ForwardInto(t, "/var/run/netns/"+r.node.Name, cp.URL)
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
 	if err := os.MkdirAll(state, 0o755); err != nil {
@@ -135,59 +131,6 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	return r
-}
-
-// forwardAPIServer makes the API server, listening on the host's
-// loopback, reachable at the same address inside node, so that the
-// kubeconfig works unchanged there. Nothing is added to the host's
-// namespace: the listener lives in node's, and this process splices.
-func forwardAPIServer(t *testing.T, node *testnet.NS, apiURL string) {
-	u, err := url.Parse(apiURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ln net.Listener
-	node.Do(t, func() error {
-		ln, err = net.Listen("tcp", u.Host)
-		return err
-	})
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Go(func() {
-				defer func() { mu.Lock(); delete(conns, c); mu.Unlock() }()
-				defer c.Close()
-				up, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				done := make(chan struct{}, 2)
-				go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-				go func() { io.Copy(c, up); c.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-				<-done
-				<-done
-			})
-		}
-	})
 }
 
 // sandbox is one pod sandbox: a container ID and its network namespace.

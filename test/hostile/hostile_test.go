@@ -9,10 +9,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"maps"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -117,7 +115,7 @@ func TestMalformedInput(t *testing.T) {
 	node := newNetNS(t, "node")
 	pod := newNetNS(t, "pod")
 	setupNode(t, node)
-	forwardAPIServer(t, node, cp.URL)
+	cptest.ForwardInto(t, node.Path(), cp.URL)
 	wantStateFiles := listDir(t, stateDir)
 	baseLinks := links(t, node)
 
@@ -427,69 +425,6 @@ func setupNode(t *testing.T, node ns.NetNS) {
 	if err != nil {
 		t.Fatalf("setting up the node's namespace: %v", err)
 	}
-}
-
-// forwardAPIServer makes the kube-apiserver on the host's loopback
-// reachable at the same address inside the node's namespace (the
-// kubeconfig works unchanged there): a listener there whose connections
-// the test splices to the real one. Nothing is added to the host's
-// namespace.
-func forwardAPIServer(t *testing.T, node ns.NetNS, apiURL string) {
-	t.Helper()
-	u, err := url.Parse(apiURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ln net.Listener
-	if err := node.Do(func(ns.NetNS) error {
-		ln, err = net.Listen("tcp", u.Host)
-		return err
-	}); err != nil {
-		t.Fatalf("listening for the API server in the node's namespace: %v", err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns = map[net.Conn]bool{}
-	)
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Go(func() {
-				defer func() {
-					mu.Lock()
-					delete(conns, c)
-					mu.Unlock()
-				}()
-				defer c.Close()
-				up, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				done := make(chan struct{}, 2)
-				go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-				go func() { io.Copy(c, up); c.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-				<-done
-				<-done
-			})
-		}
-	})
 }
 
 func links(t *testing.T, n ns.NetNS) []string {
