@@ -12,8 +12,10 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
 
 	calyxinformers "github.com/calyx-net/calyx/api/client/informers/externalversions"
+	calyxlisters "github.com/calyx-net/calyx/api/client/listers/api/v1alpha1"
 	"github.com/calyx-net/calyx/ipam"
 )
 
@@ -137,5 +139,65 @@ func TestCachedStoreWithBinary(t *testing.T) {
 	}
 	if n := e.used(t); n != len(want) {
 		t.Errorf("blocks hold %d allocations after the releases, want %d", n, len(want))
+	}
+}
+
+// TestCachedStoreStaleAfterLostAnswer: the API server committed an
+// allocation and died before answering, and the agent's cache has not
+// seen it (its watch was broken). The retried ADD must get that address,
+// not a second one, and a DEL must release it.
+func TestCachedStoreStaleAfterLostAnswer(t *testing.T) {
+	e := newEnv(t, pool("default-ipv4-ippool", "10.244.0.0/16", 26))
+	ctx := context.Background()
+	const node = "learn-k8s-2"
+	direct := ipam.New(ipam.NewKubeStore(e.cs), ipam.Options{Node: node})
+	if _, err := direct.AutoAssign(ctx, node, "k8s-pod-network.first", ipam.Attrs{}); err != nil {
+		t.Fatal(err)
+	}
+	// stale is a cache frozen now, before the allocations below.
+	stale := func() *ipam.IPAM {
+		l, err := e.cs.CalyxV1alpha1().IPAMBlocks().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+		for i := range l.Items {
+			idx.Add(&l.Items[i])
+		}
+		pools := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+		store := ipam.NewCachedStore(ipam.NewKubeStore(e.cs), calyxlisters.NewIPAMBlockLister(idx), calyxlisters.NewIPPoolLister(pools))
+		return ipam.New(store, ipam.Options{Node: node})
+	}
+
+	cached := stale()
+	lost, err := direct.AutoAssign(ctx, node, "k8s-pod-network.lost", ipam.Attrs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := cached.AutoAssign(ctx, node, "k8s-pod-network.lost", ipam.Attrs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Addr != lost.Addr {
+		t.Errorf("retried ADD through a stale cache got %s, want the committed %s", again.Addr, lost.Addr)
+	}
+	if n := e.used(t); n != 2 {
+		t.Errorf("blocks hold %d allocations, want 2 (first, lost)", n)
+	}
+
+	cached = stale()
+	if _, err := direct.AutoAssign(ctx, node, "k8s-pod-network.del", ipam.Attrs{}); err != nil {
+		t.Fatal(err)
+	}
+	// Its index object too may never have been written.
+	if err := e.cs.CalyxV1alpha1().IPAMHandles().Delete(ctx, ipam.HandleObjectName("k8s-pod-network.del"), metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	released, err := cached.ReleaseByHandle(ctx, "k8s-pod-network.del")
+	if err != nil || len(released) != 1 {
+		t.Errorf("DEL through a stale cache released %v (%v), want the one address", released, err)
+	}
+	if n := e.used(t); n != 2 {
+		t.Errorf("blocks hold %d allocations after the DEL, want 2", n)
 	}
 }

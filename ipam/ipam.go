@@ -394,6 +394,14 @@ func (m *IPAM) usablePools(ctx context.Context) ([]v1alpha1.IPPool, error) {
 func (m *IPAM) assignInBlock(ctx context.Context, b *v1alpha1.IPAMBlock, alloc v1alpha1.Allocation) (Assignment, bool, error) {
 	name := b.Name
 	for attempt := 0; ; attempt++ {
+		// The handle's lookup may have read a block older than this one:
+		// an allocation whose answer was lost (the API server died after
+		// committing it) shows up here, and is the answer, not a second
+		// address for the same handle.
+		if held := allocationsOf(b, alloc.Handle); len(held) > 0 {
+			cidr, _ := parseBlock(b)
+			return Assignment{Addr: held[0], Block: cidr, Borrowed: b.Spec.Node != alloc.Node}, true, nil
+		}
 		nb := b.DeepCopy()
 		addr, ok, err := assignInBlock(nb, alloc)
 		if err != nil || !ok {
@@ -417,6 +425,20 @@ func (m *IPAM) assignInBlock(ctx context.Context, b *v1alpha1.IPAMBlock, alloc v
 			return Assignment{}, false, fmt.Errorf("re-reading block %s: %w", name, err)
 		}
 	}
+}
+
+// blockFromAPI reads a block past the store's cache, for the reads whose
+// staleness no compare-and-swap would catch; cached is false when the
+// store has no cache (its reads are current already).
+func (m *IPAM) blockFromAPI(ctx context.Context, name string) (b *v1alpha1.IPAMBlock, cached bool, err error) {
+	f, ok := m.store.(interface {
+		GetBlockFromAPI(context.Context, string) (*v1alpha1.IPAMBlock, error)
+	})
+	if !ok {
+		return nil, false, nil
+	}
+	b, err = f.GetBlockFromAPI(ctx, name)
+	return b, true, err
 }
 
 // backoff sleeps a short, jittered, growing time so that writers that
@@ -523,10 +545,8 @@ func (m *IPAM) lookup(ctx context.Context, node, handle string, own []v1alpha1.I
 			// The index is read from the API, the block may come from a
 			// cache that has not seen the allocation yet: allocating again
 			// would give the handle a second address.
-			if f, ok := m.store.(interface {
-				GetBlockFromAPI(context.Context, string) (*v1alpha1.IPAMBlock, error)
-			}); ok {
-				b, err = f.GetBlockFromAPI(ctx, h.Spec.Block)
+			if fresh, cached, ferr := m.blockFromAPI(ctx, h.Spec.Block); cached {
+				b, err = fresh, ferr
 			}
 		}
 		if err != nil && !apierrors.IsNotFound(err) {
@@ -579,6 +599,18 @@ func (m *IPAM) ReleaseByHandle(ctx context.Context, handle string) ([]netip.Addr
 		return nil, err
 	}
 	for _, b := range blocks {
+		// A cached block may not show an allocation yet (the agent's
+		// informer after an API server restart): a DEL that missed it
+		// would leave the address held.
+		if fresh, cached, err := m.blockFromAPI(ctx, b.Name); cached {
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			if err != nil {
+				return released, fmt.Errorf("reading block %s: %w", b.Name, err)
+			}
+			b = *fresh
+		}
 		if len(allocationsOf(&b, handle)) == 0 {
 			continue
 		}
