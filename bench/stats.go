@@ -102,7 +102,7 @@ func RatioAtLeast(limit float64, text string) *Goal {
 		if r >= limit {
 			return true, ""
 		}
-		return false, fmt.Sprintf("%.0f%% short", 100*(limit-r)/limit)
+		return false, fmt.Sprintf("%.2g%% short", 100*(limit-r)/limit)
 	}}
 }
 

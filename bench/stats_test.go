@@ -31,6 +31,12 @@ func TestRowMarkdown(t *testing.T) {
 			want: "| datapath | TCP | 7.50 (7.00–8.00) Gbit/s | plain: 10.0 Gbit/s | 0.75× | ≥ 90% of plain | **no**: 17% short |\n",
 		},
 		{
+			name: "a narrow miss is not rounded to none",
+			row: Row{Part: "datapath", Metric: "TCP", Unit: "Gbit/s", Calyx: Of(8.96),
+				RefName: "plain", Ref: Of(10), Goal: RatioAtLeast(0.9, "≥ 90% of plain")},
+			want: "| datapath | TCP | 8.96 Gbit/s | plain: 10.0 Gbit/s | 0.896× | ≥ 90% of plain | **no**: 0.44% short |\n",
+		},
+		{
 			name: "failed part has no figures",
 			row:  Row{Part: "scale", Metric: "FAILED: boom"},
 			want: "| scale | FAILED: boom | — | none | — | — | — |\n",
