@@ -139,20 +139,10 @@ func encodePodArgs(p PodArgs) string {
 	return "K8S_POD_NAMESPACE=" + p.Namespace + ";K8S_POD_NAME=" + p.Name
 }
 
-// deployedCalyxEntry is the calyx entry of deploy/10-calyx.conflist as
-// libcni hands it to the plugin.
+// deployedCalyxEntry is the calyx entry of deploy/10-calyx.conflist as libcni hands
+// it to the plugin.
 func deployedCalyxEntry(f *testing.F) []byte {
-	var list struct {
-		CNIVersion string           `json:"cniVersion"`
-		Name       string           `json:"name"`
-		Plugins    []map[string]any `json:"plugins"`
-	}
-	if err := json.Unmarshal(deploy.Conflist, &list); err != nil {
-		f.Fatalf("the shipped conflist: %v", err)
-	}
-	entry := list.Plugins[0]
-	entry["cniVersion"], entry["name"] = list.CNIVersion, list.Name
-	b, err := json.Marshal(entry)
+	b, err := deploy.CalyxEntry()
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -3,7 +3,11 @@
 // and the lab's nodes get exactly the conflist the DaemonSet installs.
 package deploy
 
-import "embed"
+import (
+	"embed"
+	"encoding/json"
+	"fmt"
+)
 
 // CRDs holds the generated CustomResourceDefinitions (make generate).
 //
@@ -20,3 +24,23 @@ var Conflist []byte
 //
 //go:embed calyx.yaml
 var Manifest []byte
+
+// CalyxEntry is the calyx entry of Conflist as libcni hands it to the
+// plugin (and calyx to calyx-ipam): the list's cniVersion and name folded
+// into the first plugin's configuration.
+func CalyxEntry() ([]byte, error) {
+	var list struct {
+		CNIVersion string           `json:"cniVersion"`
+		Name       string           `json:"name"`
+		Plugins    []map[string]any `json:"plugins"`
+	}
+	if err := json.Unmarshal(Conflist, &list); err != nil {
+		return nil, fmt.Errorf("the shipped conflist: %w", err)
+	}
+	if len(list.Plugins) == 0 {
+		return nil, fmt.Errorf("the shipped conflist has no plugins")
+	}
+	entry := list.Plugins[0]
+	entry["cniVersion"], entry["name"] = list.CNIVersion, list.Name
+	return json.Marshal(entry)
+}
