@@ -39,7 +39,12 @@ func main() {
 	}
 	md := res.Markdown()
 	fmt.Print(md)
-	if *out != "" {
+	switch {
+	case *out != "" && ctx.Err() != nil:
+		// An interrupted run's table is partial: the last complete one stays.
+		fmt.Fprintf(os.Stderr, "calyx-bench: interrupted; %s left as it was\n", *out)
+		os.Exit(1)
+	case *out != "":
 		doc := "# calyx benchmark results\n\nWritten by `make bench` (`calyx-bench`); see [README.md](README.md) for what each part measures and how.\n\n" + md
 		if err := os.WriteFile(*out, []byte(doc), 0o644); err != nil {
 			fmt.Fprintf(os.Stderr, "calyx-bench: writing %s: %v\n", *out, err)
