@@ -22,7 +22,8 @@ import (
 type Options struct {
 	// Parts to run, in this order; empty means all.
 	Parts []string
-	// Runs is how many times each part runs; slow parts may run fewer.
+	// Runs is how many times each part runs; scale runs at most 2, the
+	// datapath, whose figures swing the most, two more.
 	Runs int
 	// BinDir holds the built binaries (calyx, calyx-ipam, calyx-agent, …).
 	BinDir string

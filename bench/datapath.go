@@ -181,7 +181,8 @@ func dpTest(e *Env, m dpMode, t string, last bool, cli, srv *lab.PodState) (iper
 // and the machine's CPU per Gbit (TCP) or per received packet (UDP).
 type iperfResult struct {
 	value, cpu float64
-	// packets received (UDP only) over wall.
+	// packets is how many were received (UDP only), wall how long the
+	// client command ran.
 	packets float64
 	wall    time.Duration
 }

@@ -139,8 +139,8 @@ func encodePodArgs(p PodArgs) string {
 	return "K8S_POD_NAMESPACE=" + p.Namespace + ";K8S_POD_NAME=" + p.Name
 }
 
-// deployedCalyxEntry is the calyx entry of deploy/10-calyx.conflist as libcni hands
-// it to the plugin.
+// deployedCalyxEntry is the calyx entry of deploy/10-calyx.conflist as
+// libcni hands it to the plugin.
 func deployedCalyxEntry(f *testing.F) []byte {
 	b, err := deploy.CalyxEntry()
 	if err != nil {

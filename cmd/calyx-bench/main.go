@@ -19,7 +19,7 @@ import (
 func main() {
 	fs := flag.NewFlagSet("calyx-bench", flag.ExitOnError)
 	parts := fs.String("parts", strings.Join(bench.PartNames(), ","), "parts to run, comma-separated")
-	runs := fs.Int("runs", 3, "runs per part (slow parts may run fewer); the median is quoted with min–max")
+	runs := fs.Int("runs", 3, "runs per part (scale runs fewer, the datapath two more); the median is quoted with min–max")
 	out := fs.String("o", "", "also write the results to this markdown file")
 	binDir := fs.String("bin-dir", "bin", "directory of the built calyx binaries (make build)")
 	refDir := fs.String("ref-cni-dir", "/usr/lib/cni", "directory of the reference CNI plugins ptp and host-local (Debian's containernetworking-plugins)")
