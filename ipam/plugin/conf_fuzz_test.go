@@ -140,8 +140,8 @@ func FuzzParseArgs(f *testing.F) {
 	})
 }
 
-// deployedEntry is the calyx entry of deploy/10-calyx.conflist as libcni hands
-// it to the plugin.
+// deployedEntry is the calyx entry of deploy/10-calyx.conflist as libcni
+// hands it to the plugins.
 func deployedEntry(f *testing.F) []byte {
 	b, err := deploy.CalyxEntry()
 	if err != nil {

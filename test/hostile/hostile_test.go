@@ -340,13 +340,14 @@ func assertNothingAllocated(t *testing.T, cs versioned.Interface) {
 // to the plugin (cniVersion and name of the list), with this test's paths.
 func netconf(t *testing.T, kubeconfig, stateDir, lockFile string) map[string]any {
 	t.Helper()
-	var list map[string]any
-	if err := json.Unmarshal(deploy.Conflist, &list); err != nil {
-		t.Fatalf("the shipped conflist is not JSON: %v", err)
+	entry, err := deploy.CalyxEntry()
+	if err != nil {
+		t.Fatal(err)
 	}
-	calyx := list["plugins"].([]any)[0].(map[string]any)
-	calyx["cniVersion"] = list["cniVersion"]
-	calyx["name"] = list["name"]
+	var calyx map[string]any
+	if err := json.Unmarshal(entry, &calyx); err != nil {
+		t.Fatal(err)
+	}
 	calyx["state_dir"] = stateDir
 	ipam := calyx["ipam"].(map[string]any)
 	ipam["kubeconfig"] = kubeconfig
