@@ -31,9 +31,9 @@ import (
 )
 
 // calyx.yaml on a real kube-apiserver: every object passes the server's
-// validation (dry run), then applies, and the agent's account can do
-// exactly what the agent and the IPAM plugin do, and nothing that would
-// make a stolen node token worth more (secrets, pods).
+// validation (dry run), then applies, and the agent's and the CNI
+// plugins' accounts can do what the agent and the IPAM plugin do, and
+// nothing that would make a stolen token worth more (secrets, pods).
 func TestManifestOnAPIServer(t *testing.T) {
 	cp := cptest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -150,20 +150,40 @@ func TestManifestOnAPIServer(t *testing.T) {
 		{"update", "ippools.calyx.dev", "", false},
 		{"create", "serviceaccounts/token", "kube-system", false},
 	}
-	const jobSA = "system:serviceaccount:kube-system:calyx-ippool-init"
+	const (
+		jobSA    = "system:serviceaccount:kube-system:calyx-ippool-init"
+		pluginSA = "system:serviceaccount:kube-system:calyx-cni-plugin"
+	)
 	for _, tt := range []struct {
-		verb, resource string
-		want           bool
+		sa, verb, resource string
+		want               bool
 	}{
-		{"create", "ippools.calyx.dev", true},
-		{"update", "ippools.calyx.dev", false},
-		{"delete", "ippools.calyx.dev", false},
-		{"list", "secrets", false},
-		{"create", "pods", false},
+		{jobSA, "create", "ippools.calyx.dev", true},
+		{jobSA, "update", "ippools.calyx.dev", false},
+		{jobSA, "delete", "ippools.calyx.dev", false},
+		{jobSA, "list", "secrets", false},
+		{jobSA, "create", "pods", false},
+		// The CNI plugins' account: the IPAM binary's calls, no more.
+		{pluginSA, "get", "ippools.calyx.dev", true},
+		{pluginSA, "update", "ipamblocks.calyx.dev", true},
+		{pluginSA, "delete", "ipamhandles.calyx.dev", true},
+		{pluginSA, "update", "ipamaffinities.calyx.dev", true},
+		{pluginSA, "watch", "ipamblocks.calyx.dev", false},
+		{pluginSA, "delete", "ipamblocks.calyx.dev", false},
+		{pluginSA, "list", "secrets", false},
+		{pluginSA, "list", "pods", false},
+		{pluginSA, "create", "pods", false},
 	} {
-		out, _ := kubectl("auth", "can-i", tt.verb, tt.resource, "--as", jobSA, "--all-namespaces")
+		out, _ := kubectl("auth", "can-i", tt.verb, tt.resource, "--as", tt.sa, "--all-namespaces")
 		if got := strings.TrimSpace(out) == "yes"; got != tt.want {
-			t.Errorf("can calyx-ippool-init %s %s? %q, want %v", tt.verb, tt.resource, strings.TrimSpace(out), tt.want)
+			t.Errorf("can %s %s %s? %q, want %v", tt.sa, tt.verb, tt.resource, strings.TrimSpace(out), tt.want)
+		}
+	}
+	// calyx-node mints the plugins' tokens, and no one else's.
+	for name, want := range map[string]bool{"calyx-cni-plugin": true, "calyx-node": false, "default": false} {
+		out, _ := kubectl("auth", "can-i", "create", "serviceaccounts/"+name, "--subresource", "token", "--namespace", "kube-system", "--as", sa)
+		if got := strings.TrimSpace(out) == "yes"; got != want {
+			t.Errorf("can calyx-node create a token for %s? %q, want %v", name, strings.TrimSpace(out), want)
 		}
 	}
 	for _, tt := range tests {

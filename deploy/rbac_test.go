@@ -24,9 +24,38 @@ import (
 	"github.com/calyx-net/calyx/lab/kubebin"
 )
 
-// nodeSA is the account the agent and, through the kubeconfig install-cni
-// writes, the IPAM plugin run as: a stolen node token is this.
-const nodeSA = "system:serviceaccount:kube-system:calyx-node"
+// account is a ServiceAccount of kube-system and what its RBAC part of
+// deploy/parts must and must not grant it.
+type account struct {
+	name string
+	part string
+	// mustAllow and mustDeny are asked of the API server; the rules the
+	// part adds later are asked too, from the part itself.
+	mustAllow, mustDeny []canI
+	// exact: the part grants nothing mustAllow does not list.
+	exact bool
+	// mayMintFor are the only accounts it may create tokens for.
+	mayMintFor []string
+}
+
+func (a account) user() string { return "system:serviceaccount:kube-system:" + a.name }
+
+// The agent's account: a stolen node token is this.
+var nodeAccount = account{
+	name: "calyx-node", part: "parts/20-rbac.yaml",
+	mustAllow: mustAllow, mustDeny: mustDeny,
+	mayMintFor: []string{"calyx-cni-plugin"},
+}
+
+// The CNI plugins' account, whose token sits in a file on every node.
+var pluginAccount = account{
+	name: "calyx-cni-plugin", part: "parts/25-cni-plugin-rbac.yaml",
+	// Nothing of the agent's own: no watch (the binary has no informer),
+	// no pods or nodes, no deleting blocks or affinities (the garbage
+	// collector's), not the GC's Lease, no tokens, not even its own.
+	mustAllow: ipamCalls, mustDeny: slices.Concat(mustDeny, agentCalls, []canI{{"watch", "ipamhandles.calyx.dev", "", ""}}),
+	exact: true,
+}
 
 // canI is one `kubectl auth can-i` question.
 type canI struct {
@@ -49,8 +78,9 @@ func (q canI) String() string {
 	return s + " (namespace " + q.ns + ")"
 }
 
-// mustDeny is what a stolen node token must never be worth: secrets,
-// workloads, other accounts' tokens, nodes going away, or RBAC itself.
+// mustDeny is what a stolen node or plugin token must never be worth:
+// secrets, workloads, other accounts' tokens, nodes going away, or RBAC
+// itself.
 var mustDeny = []canI{
 	{"get", "secrets", "kube-system", ""},
 	{"get", "secrets", "default", ""},
@@ -64,6 +94,16 @@ var mustDeny = []canI{
 	{"create", "pods/exec", "*", ""},
 	{"create", "pods/eviction", "*", ""},
 	{"create", "serviceaccounts/token", "kube-system", ""},
+	{"create", "serviceaccounts/token", "*", ""},
+	{"create", "serviceaccounts/token", "kube-system", "calyx-node"},
+	{"create", "serviceaccounts/token", "kube-system", "calyx-ippool-init"},
+	{"create", "serviceaccounts/token", "kube-system", "default"},
+	{"create", "serviceaccounts/token", "kube-system", "kube-proxy"},
+	{"create", "serviceaccounts/token", "default", "calyx-cni-plugin"},
+	{"create", "serviceaccounts/token", "default", "default"},
+	{"get", "serviceaccounts", "kube-system", ""},
+	{"update", "serviceaccounts", "kube-system", "calyx-cni-plugin"},
+	{"delete", "serviceaccounts", "kube-system", "calyx-cni-plugin"},
 	{"get", "configmaps", "kube-system", ""},
 	{"create", "nodes", "", ""},
 	{"delete", "nodes", "", ""},
@@ -93,22 +133,15 @@ var mustDeny = []canI{
 	{"update", "leases.coordination.k8s.io", "default", "calyx-ipam-gc"},
 }
 
-// mustAllow is what the agent, the IPAM and the IPAM garbage collector
-// call (the comments of deploy/parts/20-rbac.yaml name the callers).
-// Rules the file adds later are asked too, from the file itself.
-var mustAllow = []canI{
-	{"get", "nodes", "", ""},
-	{"list", "nodes", "", ""},
-	{"watch", "nodes", "", ""},
-	{"patch", "nodes", "", ""},
-	{"list", "services", "*", ""},
-	{"watch", "services", "*", ""},
+// ipamCalls is what the IPAM calls through ipam.KubeStore (ipam/store.go):
+// the calyx-ipam binary, and the agent for its tunnel address and the IPAM
+// it serves the CNI plugin on its socket. It is all the plugins' account
+// may do.
+var ipamCalls = []canI{
 	{"get", "ippools.calyx.dev", "", ""},
 	{"list", "ippools.calyx.dev", "", ""},
-	{"watch", "ippools.calyx.dev", "", ""},
 	{"get", "ipamblocks.calyx.dev", "", ""},
 	{"list", "ipamblocks.calyx.dev", "", ""},
-	{"watch", "ipamblocks.calyx.dev", "", ""},
 	{"create", "ipamblocks.calyx.dev", "", ""},
 	{"update", "ipamblocks.calyx.dev", "", ""},
 	{"get", "ipamhandles.calyx.dev", "", ""},
@@ -119,6 +152,25 @@ var mustAllow = []canI{
 	{"get", "ipamaffinities.calyx.dev", "", ""},
 	{"create", "ipamaffinities.calyx.dev", "", ""},
 	{"update", "ipamaffinities.calyx.dev", "", ""},
+}
+
+// mustAllow is what the agent, the IPAM and the IPAM garbage collector
+// call (the comments of deploy/parts/20-rbac.yaml name the callers), and
+// the token request for the plugins' account.
+var mustAllow = slices.Concat(ipamCalls, agentCalls)
+
+// agentCalls are the agent's calls beyond the IPAM's: none of them is the
+// plugins' to make.
+var agentCalls = []canI{
+	// The agent's informers and its node annotations.
+	{"get", "nodes", "", ""},
+	{"list", "nodes", "", ""},
+	{"watch", "nodes", "", ""},
+	{"patch", "nodes", "", ""},
+	{"list", "services", "*", ""},
+	{"watch", "services", "*", ""},
+	{"watch", "ippools.calyx.dev", "", ""},
+	{"watch", "ipamblocks.calyx.dev", "", ""},
 	// The IPAM garbage collector (agent/ipamgc, ipam/gc_*.go), one agent
 	// at a time, elected with a Lease.
 	{"get", "pods", "*", ""},
@@ -130,13 +182,15 @@ var mustAllow = []canI{
 	{"create", "leases.coordination.k8s.io", "kube-system", ""},
 	{"get", "leases.coordination.k8s.io", "kube-system", "calyx-ipam-gc"},
 	{"update", "leases.coordination.k8s.io", "kube-system", "calyx-ipam-gc"},
+	// install-cni and the agent's token refresher (agent/installcni).
+	{"create", "serviceaccounts/token", "kube-system", "calyx-cni-plugin"},
 }
 
-// rbacObjects reads deploy/parts/20-rbac.yaml: the ClusterRoles, Roles
+// rbacObjects reads an RBAC part of deploy/parts: the ClusterRoles, Roles
 // and their rules, for the questions the file's own rules must answer yes.
-func rbacObjects(t *testing.T) (raw []byte, allowed []canI, roleRules []rbacv1.PolicyRule) {
+func rbacObjects(t *testing.T, part string) (raw []byte, allowed []canI, roleRules []rbacv1.PolicyRule) {
 	t.Helper()
-	raw, err := os.ReadFile("parts/20-rbac.yaml")
+	raw, err := os.ReadFile(part)
 	if err != nil {
 		t.Fatalf("reading the RBAC part: %v (run the test from the deploy package)", err)
 	}
@@ -147,12 +201,12 @@ func rbacObjects(t *testing.T) (raw []byte, allowed []canI, roleRules []rbacv1.P
 			break
 		}
 		if err != nil {
-			t.Fatalf("splitting 20-rbac.yaml into documents: %v", err)
+			t.Fatalf("splitting %s into documents: %v", part, err)
 		}
 		buf, n := doc, len(doc)
 		var head struct{ Kind string }
 		if err := yaml.Unmarshal(buf[:n], &head); err != nil {
-			t.Fatalf("20-rbac.yaml: %v", err)
+			t.Fatalf("%s: %v", part, err)
 		}
 		var rules []rbacv1.PolicyRule
 		var ns string
@@ -160,13 +214,13 @@ func rbacObjects(t *testing.T) (raw []byte, allowed []canI, roleRules []rbacv1.P
 		case "ClusterRole":
 			var r rbacv1.ClusterRole
 			if err := yaml.UnmarshalStrict(buf[:n], &r); err != nil {
-				t.Fatalf("20-rbac.yaml ClusterRole: %v", err)
+				t.Fatalf("%s ClusterRole: %v", part, err)
 			}
 			rules = r.Rules
 		case "Role":
 			var r rbacv1.Role
 			if err := yaml.UnmarshalStrict(buf[:n], &r); err != nil {
-				t.Fatalf("20-rbac.yaml Role: %v", err)
+				t.Fatalf("%s Role: %v", part, err)
 			}
 			rules, ns = r.Rules, r.Namespace
 		default:
@@ -211,29 +265,15 @@ func namespaced(resource string) bool {
 	return true
 }
 
-// The node account on a real kube-apiserver, asked through the real
-// kubectl: no secrets, no pod writes, no RBAC escalation; every verb the
-// agent and the IPAM call.
-func TestNodeAccountRBAC(t *testing.T) {
-	raw, fileAllowed, rules := rbacObjects(t)
-
-	// No wildcard can hide a grant the tables below do not ask about.
-	for _, r := range rules {
-		for _, s := range slices.Concat(r.APIGroups, r.Resources, r.Verbs) {
-			if s == "*" {
-				t.Errorf("20-rbac.yaml has a wildcard in rule %+v: name the verbs and resources the agent calls", r)
-			}
-		}
-		for _, res := range r.Resources {
-			if res == "secrets" || strings.HasPrefix(res, "serviceaccounts") {
-				t.Errorf("20-rbac.yaml grants %v on %s: the node account must not read credentials", r.Verbs, res)
-			}
-		}
-		for _, v := range r.Verbs {
-			if v == "escalate" || v == "bind" || v == "impersonate" {
-				t.Errorf("20-rbac.yaml grants %s: the node account must not change RBAC or act as others", v)
-			}
-		}
+// The node's and the CNI plugins' accounts on a real kube-apiserver,
+// asked through the real kubectl: no secrets, no pod writes, no RBAC
+// escalation, no tokens of other accounts; every verb the agent and the
+// IPAM call; for the plugins, nothing more than the IPAM binary calls.
+func TestAccountRBAC(t *testing.T) {
+	accounts := []account{nodeAccount, pluginAccount}
+	for _, a := range accounts {
+		_, _, rules := rbacObjects(t, a.part)
+		checkRules(t, a, rules)
 	}
 
 	cp := cptest.Start(t)
@@ -254,10 +294,45 @@ func TestNodeAccountRBAC(t *testing.T) {
 		}
 		return string(out), nil
 	}
-	if out, err := kubectl(raw, "apply", "-f", "-"); err != nil {
-		t.Fatalf("kubectl apply -f deploy/parts/20-rbac.yaml: %v\n%s", err, out)
+	for _, a := range accounts {
+		raw, _, _ := rbacObjects(t, a.part)
+		if out, err := kubectl(raw, "apply", "-f", "-"); err != nil {
+			t.Fatalf("kubectl apply -f deploy/%s: %v\n%s", a.part, err, out)
+		}
 	}
+	for _, a := range accounts {
+		t.Run(a.name, func(t *testing.T) { askAccount(t, kubectl, a) })
+	}
+}
 
+// checkRules fails on what no question table could catch: wildcards, and
+// grants on credentials or RBAC.
+func checkRules(t *testing.T, a account, rules []rbacv1.PolicyRule) {
+	t.Helper()
+	for _, r := range rules {
+		for _, s := range slices.Concat(r.APIGroups, r.Resources, r.Verbs) {
+			if s == "*" {
+				t.Errorf("%s has a wildcard in rule %+v: name the verbs and resources the callers call", a.part, r)
+			}
+		}
+		for _, res := range r.Resources {
+			mint := res == "serviceaccounts/token" && slices.Equal(r.Verbs, []string{"create"}) &&
+				len(r.ResourceNames) > 0 && slices.Equal(r.ResourceNames, a.mayMintFor)
+			if res == "secrets" || strings.HasPrefix(res, "serviceaccounts") && !mint {
+				t.Errorf("%s grants %v on %s (names %v): %s must not read credentials, nor mint tokens but for %v", a.part, r.Verbs, res, r.ResourceNames, a.name, a.mayMintFor)
+			}
+		}
+		for _, v := range r.Verbs {
+			if v == "escalate" || v == "bind" || v == "impersonate" {
+				t.Errorf("%s grants %s: %s must not change RBAC or act as others", a.part, v, a.name)
+			}
+		}
+	}
+}
+
+// askAccount asks every question of a's tables and of its part's rules.
+func askAccount(t *testing.T, kubectl func([]byte, ...string) (string, error), a account) {
+	_, fileAllowed, _ := rbacObjects(t, a.part)
 	ask := func(q canI) (bool, error) {
 		// can-i reads "pods/exec" as the pod named exec: a subresource
 		// is a flag of its own.
@@ -265,7 +340,7 @@ func TestNodeAccountRBAC(t *testing.T) {
 		if q.name != "" {
 			res += "/" + q.name
 		}
-		args := []string{"auth", "can-i", q.verb, res, "--as", nodeSA}
+		args := []string{"auth", "can-i", q.verb, res, "--as", a.user()}
 		if sub != "" {
 			args = append(args, "--subresource", sub)
 		}
@@ -291,13 +366,22 @@ func TestNodeAccountRBAC(t *testing.T) {
 	// Every question once, in parallel: kubectl starts in ~100 ms.
 	var questions []canI
 	want := map[string]bool{}
-	for _, q := range mustDeny {
+	for _, q := range a.mustDeny {
+		if _, dup := want[q.String()]; !dup {
+			questions = append(questions, q)
+		}
 		want[q.String()] = false
-		questions = append(questions, q)
 	}
-	for _, q := range slices.Concat(mustAllow, fileAllowed) {
+	listed := map[string]bool{}
+	for _, q := range a.mustAllow {
+		listed[q.String()] = true
+	}
+	for _, q := range slices.Concat(a.mustAllow, fileAllowed) {
+		if a.exact && !listed[q.String()] {
+			t.Errorf("%s grants %s, which the %s binary does not call", a.part, q, a.name)
+		}
 		if _, dup := want[q.String()]; dup && !want[q.String()] {
-			t.Errorf("20-rbac.yaml grants %s, which the node account must never have", q)
+			t.Errorf("%s grants %s, which %s must never have", a.part, q, a.name)
 			continue
 		}
 		if _, dup := want[q.String()]; !dup {
@@ -325,7 +409,7 @@ func TestNodeAccountRBAC(t *testing.T) {
 	}
 	wg.Wait()
 	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("kubectl auth can-i --as %s (-want +got):\n%s", nodeSA, diff)
+		t.Errorf("kubectl auth can-i --as %s (-want +got):\n%s", a.user(), diff)
 	}
-	t.Logf("asked %d questions: %d must be denied, %d allowed", len(questions), len(mustDeny), len(questions)-len(mustDeny))
+	t.Logf("asked %d questions: %d must be denied, %d allowed", len(questions), len(a.mustDeny), len(questions)-len(a.mustDeny))
 }
