@@ -1,6 +1,7 @@
 // Package installcni puts calyx's CNI plugins, conflist and the plugins'
 // kubeconfig on a node, from the DaemonSet's install-cni init container,
-// and keeps that kubeconfig's token fresh from the agent.
+// and keeps that kubeconfig's token fresh from the agent (token.go says
+// whose token it is, and why).
 //
 // Every file is replaced by writing a temporary file in the same
 // directory and renaming it over the old one: the kubelet may run a
@@ -14,13 +15,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/calyx-net/calyx/deploy"
 )
@@ -37,6 +37,8 @@ const (
 	CAFile         = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 )
 
+var errNoServer = errors.New("no API server address: set --server, or KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT")
+
 // Config says where everything comes from and goes to.
 type Config struct {
 	// SrcDir holds the Plugins in the image.
@@ -47,9 +49,11 @@ type Config struct {
 	// HostConfDir is ConfDir as the host sees it (/etc/cni/net.d): the
 	// plugins, run by the kubelet on the host, read the kubeconfig there.
 	HostConfDir string
-	// Server is the API server's URL, TokenFile and CAFile the pod's
-	// service-account credentials.
-	Server, TokenFile, CAFile string
+	// Server is the API server's URL and CAFile its CA, both written
+	// into the plugins' kubeconfig.
+	Server, CAFile string
+	// Tokens issues the plugins' token.
+	Tokens Tokens
 }
 
 // ServerFromEnv is the API server's URL from the environment the kubelet
@@ -63,10 +67,14 @@ func ServerFromEnv() string {
 }
 
 // Install copies the plugins, writes the conflist and the kubeconfig, and
-// returns the paths it changed (none when everything was current).
-func Install(cfg Config) ([]string, error) {
+// returns the paths it changed (none when everything was current). The
+// kubeconfig always gets a newly requested token: one that a previous
+// calyx-node pod requested may belong to a ServiceAccount deleted and
+// re-created since (an uninstall and install), which the API server
+// refuses although it has not expired.
+func Install(ctx context.Context, cfg Config) ([]string, error) {
 	if cfg.Server == "" {
-		return nil, fmt.Errorf("no API server address: set --server, or KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT")
+		return nil, errNoServer
 	}
 	var changed []string
 	note := func(path string) func(bool, error) error {
@@ -88,8 +96,12 @@ func Install(cfg Config) ([]string, error) {
 			return changed, err
 		}
 	}
+	tok, err := cfg.Tokens.Request(ctx)
+	if err != nil {
+		return changed, err
+	}
 	kubeconfigPath := filepath.Join(cfg.ConfDir, KubeconfigName)
-	if err := note(kubeconfigPath)(WriteKubeconfig(kubeconfigPath, cfg.Server, cfg.CAFile, cfg.TokenFile)); err != nil {
+	if err := note(kubeconfigPath)(WriteKubeconfig(kubeconfigPath, cfg.Server, cfg.CAFile, tok.Value)); err != nil {
 		return changed, err
 	}
 	conflist, err := Conflist(filepath.Join(cfg.HostConfDir, KubeconfigName))
@@ -133,7 +145,7 @@ func Conflist(kubeconfig string) ([]byte, error) {
 // Kubeconfig is a kubeconfig for server with the token and CA inline:
 // the plugins run on the host, where the pod's projected files are not
 // at a stable path.
-func Kubeconfig(server string, ca, token []byte) []byte {
+func Kubeconfig(server string, ca []byte, token string) []byte {
 	type m = map[string]any
 	cfg := m{
 		"apiVersion": "v1",
@@ -141,8 +153,8 @@ func Kubeconfig(server string, ca, token []byte) []byte {
 		"clusters": []m{{"name": "local", "cluster": m{
 			"server": server, "certificate-authority-data": ca,
 		}}},
-		"users":           []m{{"name": "calyx-node", "user": m{"token": string(bytes.TrimSpace(token))}}},
-		"contexts":        []m{{"name": "calyx", "context": m{"cluster": "local", "user": "calyx-node"}}},
+		"users":           []m{{"name": PluginAccount, "user": m{"token": token}}},
+		"contexts":        []m{{"name": "calyx", "context": m{"cluster": "local", "user": PluginAccount}}},
 		"current-context": "calyx",
 	}
 	// JSON is YAML, and encoding/json base64-encodes the CA as the
@@ -151,49 +163,15 @@ func Kubeconfig(server string, ca, token []byte) []byte {
 	return append(b, '\n')
 }
 
-// WriteKubeconfig writes the kubeconfig at path from the current token
-// and CA; changed is false when the file already had that content.
-func WriteKubeconfig(path, server, caFile, tokenFile string) (changed bool, err error) {
-	token, err := os.ReadFile(tokenFile)
-	if err != nil {
-		return false, fmt.Errorf("reading the service-account token: %w (is the pod's service account mounted? automountServiceAccountToken must not be false)", err)
-	}
-	if len(bytes.TrimSpace(token)) == 0 {
-		return false, fmt.Errorf("the service-account token %s is empty; the kubelet has not written it yet, retry", tokenFile)
-	}
+// WriteKubeconfig writes the kubeconfig at path with token and the CA
+// in caFile; changed is false when the file already had that content.
+func WriteKubeconfig(path, server, caFile, token string) (changed bool, err error) {
 	ca, err := os.ReadFile(caFile)
 	if err != nil {
 		return false, fmt.Errorf("reading the cluster CA: %w (is the pod's service account mounted?)", err)
 	}
 	// The token is a credential: only root on the host reads it.
 	return WriteFile(path, Kubeconfig(server, ca, token), 0o600)
-}
-
-// KeepFresh rewrites the kubeconfig at path whenever the token or CA
-// changes, checking every interval until ctx ends. The kubelet rotates a
-// projected token well before it expires; an expired token in the
-// plugins' kubeconfig leaves pods stuck Terminating, since DEL cannot
-// release their address.
-func KeepFresh(ctx context.Context, log *slog.Logger, path, server, caFile, tokenFile string, interval time.Duration) {
-	failing := false
-	for {
-		changed, err := WriteKubeconfig(path, server, caFile, tokenFile)
-		switch {
-		case err != nil && !failing:
-			log.Error("cannot refresh the CNI plugins' kubeconfig; retrying", "path", path, "err", err)
-			failing = true
-		case err == nil && failing:
-			log.Info("CNI plugins' kubeconfig refreshed again", "path", path)
-			failing = false
-		case changed:
-			log.Info("CNI plugins' kubeconfig refreshed with the new token", "path", path)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(interval):
-		}
-	}
 }
 
 // WriteFile replaces path with data and mode through a temporary file in

@@ -3,7 +3,7 @@ package installcni_test
 import (
 	"bytes"
 	"context"
-	"log/slog"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,20 +23,28 @@ import (
 type env struct {
 	cfg installcni.Config
 	src string
+	// token is what the plugins' account is issued next; err fails the
+	// request instead.
+	token *string
+	err   *error
 }
 
 // newEnv lays out an image's plugin directory, empty host CNI
-// directories and a pod's service-account files in temp dirs.
+// directories and the cluster CA in temp dirs, with a token issuer that
+// hands out e.token.
 func newEnv(t *testing.T) env {
 	t.Helper()
 	root := t.TempDir()
-	e := env{src: filepath.Join(root, "image/opt/calyx/cni/bin"), cfg: installcni.Config{
+	token, reqErr := "token-1", error(nil)
+	e := env{src: filepath.Join(root, "image/opt/calyx/cni/bin"), token: &token, err: &reqErr, cfg: installcni.Config{
 		BinDir:      filepath.Join(root, "host/opt/cni/bin"),
 		ConfDir:     filepath.Join(root, "host/etc/cni/net.d"),
 		HostConfDir: "/etc/cni/net.d",
 		Server:      "https://10.96.0.1:443",
-		TokenFile:   filepath.Join(root, "sa/token"),
 		CAFile:      filepath.Join(root, "sa/ca.crt"),
+		Tokens: installcni.Tokens{Subject: pluginSubject, Request: func(context.Context) (installcni.Token, error) {
+			return installcni.Token{Value: token}, reqErr
+		}},
 	}}
 	e.cfg.SrcDir = e.src
 	for _, d := range []string{e.src, e.cfg.BinDir, e.cfg.ConfDir, filepath.Join(root, "sa")} {
@@ -45,14 +53,15 @@ func newEnv(t *testing.T) env {
 	for _, p := range installcni.Plugins {
 		copyFile(t, "/bin/true", filepath.Join(e.src, p))
 	}
-	mustWrite(t, e.cfg.TokenFile, "token-1\n")
 	mustWrite(t, e.cfg.CAFile, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
 	return e
 }
 
+const pluginSubject = "system:serviceaccount:kube-system:calyx-cni-plugin"
+
 func TestInstall(t *testing.T) {
 	e := newEnv(t)
-	changed, err := installcni.Install(e.cfg)
+	changed, err := installcni.Install(context.Background(), e.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,8 +96,8 @@ func TestInstall(t *testing.T) {
 	if !bytes.Contains(cl.Plugins[0].Bytes, []byte(`"kubeconfig":"/etc/cni/net.d/calyx-kubeconfig"`)) {
 		t.Errorf("conflist's ipam kubeconfig is not /etc/cni/net.d/calyx-kubeconfig: %s", cl.Plugins[0].Bytes)
 	}
-	// The kubeconfig is one client-go loads, with the pod's credentials,
-	// readable by root only.
+	// The kubeconfig is one client-go loads, with the token issued for
+	// the plugins' account, readable by root only.
 	kc := filepath.Join(e.cfg.ConfDir, "calyx-kubeconfig")
 	rc, err := clientcmd.BuildConfigFromFlags("", kc)
 	if err != nil {
@@ -103,10 +112,11 @@ func TestInstall(t *testing.T) {
 		t.Errorf("kubeconfig mode %v, want 0600", fi.Mode().Perm())
 	}
 
-	// A second run touches nothing: same inodes, same mtimes.
+	// A second run touches nothing: same inodes, same mtimes (and the
+	// kubeconfig too when the token issued is the same).
 	before := snapshot(t, e.cfg.BinDir, e.cfg.ConfDir)
 	time.Sleep(10 * time.Millisecond)
-	changed, err = installcni.Install(e.cfg)
+	changed, err = installcni.Install(context.Background(), e.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,9 +127,9 @@ func TestInstall(t *testing.T) {
 		t.Errorf("second run touched files (-before +after):\n%s", diff)
 	}
 
-	// A rotated token: only the kubeconfig changes.
-	mustWrite(t, e.cfg.TokenFile, "token-2\n")
-	changed, err = installcni.Install(e.cfg)
+	// A new token: only the kubeconfig changes.
+	*e.token = "token-2"
+	changed, err = installcni.Install(context.Background(), e.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,14 +147,14 @@ func TestInstallErrors(t *testing.T) {
 	}{
 		{"no server", func(e *env) { e.cfg.Server = "" }, "no API server address: set --server, or KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT"},
 		{"no plugin", func(e *env) { os.Remove(filepath.Join(e.src, "portmap")) }, "is --src-dir the image's plugin directory?"},
-		{"no token", func(e *env) { os.Remove(e.cfg.TokenFile) }, "automountServiceAccountToken must not be false"},
-		{"empty token", func(e *env) { os.WriteFile(e.cfg.TokenFile, nil, 0o600) }, "has not written it yet, retry"},
+		{"token refused", func(e *env) { *e.err = errors.New("requesting a token: forbidden (apply deploy/calyx.yaml)") }, "forbidden (apply deploy/calyx.yaml)"},
+		{"no CA", func(e *env) { os.Remove(e.cfg.CAFile) }, "is the pod's service account mounted?"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t)
 			tt.breakIt(&e)
-			_, err := installcni.Install(e.cfg)
+			_, err := installcni.Install(context.Background(), e.cfg)
 			if err == nil || !bytes.Contains([]byte(err.Error()), []byte(tt.want)) {
 				t.Errorf("error %v, want one containing %q", err, tt.want)
 			}
@@ -158,7 +168,7 @@ func TestInstallErrors(t *testing.T) {
 func TestReplaceWhileRunning(t *testing.T) {
 	e := newEnv(t)
 	versions := [][]byte{readFile(t, "/bin/true"), readFile(t, "/bin/echo")}
-	if _, err := installcni.Install(e.cfg); err != nil {
+	if _, err := installcni.Install(context.Background(), e.cfg); err != nil {
 		t.Fatal(err)
 	}
 	plugin := filepath.Join(e.cfg.BinDir, "calyx")
@@ -179,7 +189,7 @@ func TestReplaceWhileRunning(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := installcni.Install(e.cfg); err != nil {
+		if _, err := installcni.Install(context.Background(), e.cfg); err != nil {
 			t.Fatalf("install %d: %v", i, err)
 		}
 		time.Sleep(2 * time.Millisecond)
@@ -197,37 +207,6 @@ func TestReplaceWhileRunning(t *testing.T) {
 	ents, _ := os.ReadDir(e.cfg.BinDir)
 	if len(ents) != len(installcni.Plugins) {
 		t.Errorf("bin dir has %d entries, want %d: %v", len(ents), len(installcni.Plugins), ents)
-	}
-}
-
-// The agent's refresh loop picks up a rotated token.
-func TestKeepFresh(t *testing.T) {
-	e := newEnv(t)
-	kc := filepath.Join(e.cfg.ConfDir, "calyx-kubeconfig")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		installcni.KeepFresh(ctx, slog.New(slog.NewTextHandler(testWriter{t}, nil)), kc, e.cfg.Server, e.cfg.CAFile, e.cfg.TokenFile, 10*time.Millisecond)
-		close(done)
-	}()
-	defer func() { cancel(); <-done }()
-	waitToken(t, kc, "token-1")
-	mustWrite(t, e.cfg.TokenFile, "token-2\n")
-	waitToken(t, kc, "token-2")
-}
-
-func waitToken(t *testing.T, kc, want string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		rc, err := clientcmd.BuildConfigFromFlags("", kc)
-		if err == nil && rc.BearerToken == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kubeconfig never got token %q (last: %v)", want, err)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

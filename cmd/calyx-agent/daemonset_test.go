@@ -27,10 +27,12 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
 
+	"github.com/calyx-net/calyx/agent/installcni"
 	"github.com/calyx-net/calyx/agent/testnet"
 	calyxclient "github.com/calyx-net/calyx/api/client/clientset/versioned"
 	"github.com/calyx-net/calyx/deploy"
 	"github.com/calyx-net/calyx/deploy/poolinit"
+	"github.com/calyx-net/calyx/lab/controlplane"
 	"github.com/calyx-net/calyx/lab/controlplane/cptest"
 	"github.com/calyx-net/calyx/lab/kubebin"
 )
@@ -40,30 +42,15 @@ import (
 // although root, only the DaemonSet's capabilities (NET_ADMIN, BPF, read
 // from the manifest) with no_new_privs. On two nodes it registers,
 // allocates tunl0's address through the IPAM, loads the eBPF datapath
-// (this kernel has no ipip module), becomes ready, and routes each
-// node's block to the other through tunl0.
+// (this kernel has no ipip module), becomes ready, routes each node's
+// block to the other through tunl0, and writes the CNI plugins' kubeconfig
+// with a token of their account (the manifest's Role calyx-cni-token).
 func TestLeastPrivilegeOfTheDaemonSet(t *testing.T) {
 	caps := daemonSetCaps(t)
 	cp := cptest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	kubectl, err := kubebin.Ensure(ctx, "kubectl", nil)
-	if err != nil {
-		t.Fatalf("building kubectl: %v", err)
-	}
-	apply := exec.CommandContext(ctx, kubectl, "--kubeconfig", cp.Kubeconfig, "apply", "--server-side", "-f", "-")
-	apply.Stdin = bytes.NewReader(deploy.Manifest)
-	if out, err := apply.CombinedOutput(); err != nil {
-		t.Fatalf("kubectl apply -f deploy/calyx.yaml: %v\n%s", err, out)
-	}
-	// The calyx-ippool-init Job's work.
-	pool, err := poolinit.Parse([]byte(manifestConfigMap(t, "calyx-default-ippool").Data["ippool.yaml"]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := poolinit.Create(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), calyxclient.NewForConfigOrDie(cp.Config), pool); err != nil {
-		t.Fatal(err)
-	}
+	installCalyx(t, ctx, cp)
 	kube := kubernetes.NewForConfigOrDie(cp.Config)
 	tok, err := kube.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "calyx-node",
 		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{}}, metav1.CreateOptions{})
@@ -85,10 +72,27 @@ func TestLeastPrivilegeOfTheDaemonSet(t *testing.T) {
 		nodes[n].Sysctl(t, "net/ipv4/ip_forward", "1")
 		kc := saKubeconfig(t, nodeKubeconfig(t, cp, nodes[n]), tok.Status.Token)
 		dirs[n] = t.TempDir()
-		procs[n] = startConfined(t, nodes[n], n, kc, dirs[n], caps)
+		// As in the DaemonSet, the agent keeps the CNI plugins' token
+		// fresh, requesting it with its own account.
+		sa := saDir(t, cp, tok.Status.Token)
+		procs[n] = startConfined(t, nodes[n], n, kc, dirs[n], caps, "--cni-kubeconfig="+filepath.Join(dirs[n], "calyx-kubeconfig"),
+			"--server=https://127.0.0.1:6443", "--token-file="+filepath.Join(sa, "token"), "--ca-file="+filepath.Join(sa, "ca.crt"))
 	}
 	for _, n := range names {
 		procs[n].waitReady(t, 30*time.Second)
+	}
+	for _, n := range names {
+		var held installcni.Held
+		var err error
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			held, err = installcni.ReadKubeconfig(filepath.Join(dirs[n], "calyx-kubeconfig"))
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil || held.Token.Subject != pluginUser {
+			t.Errorf("%s: the agent wrote no CNI kubeconfig for %s: %+v, %v\nlog:\n%s", n, pluginUser, held, err, procs[n].logs)
+		}
 	}
 	// What the agent runs with, as the kernel sees it.
 	for _, n := range names {
@@ -132,10 +136,32 @@ func TestLeastPrivilegeOfTheDaemonSet(t *testing.T) {
 	}
 }
 
+// installCalyx is `kubectl apply -f deploy/calyx.yaml` and the work of
+// its calyx-ippool-init Job (no controller runs the Job here).
+func installCalyx(t *testing.T, ctx context.Context, cp *controlplane.ControlPlane) {
+	t.Helper()
+	kubectl, err := kubebin.Ensure(ctx, "kubectl", nil)
+	if err != nil {
+		t.Fatalf("building kubectl: %v", err)
+	}
+	apply := exec.CommandContext(ctx, kubectl, "--kubeconfig", cp.Kubeconfig, "apply", "--server-side", "-f", "-")
+	apply.Stdin = bytes.NewReader(deploy.Manifest)
+	if out, err := apply.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply -f deploy/calyx.yaml: %v\n%s", err, out)
+	}
+	pool, err := poolinit.Parse([]byte(manifestConfigMap(t, "calyx-default-ippool").Data["ippool.yaml"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := poolinit.Create(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), calyxclient.NewForConfigOrDie(cp.Config), pool); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // startConfined starts calyx-agent in node as root with only caps, through
 // setpriv: the bounding set limits what root gets at exec, and
 // no_new_privs keeps it there, as in a container of the DaemonSet.
-func startConfined(t *testing.T, node *testnet.NS, name, kubeconfig, stateDir string, caps []string) *process {
+func startConfined(t *testing.T, node *testnet.NS, name, kubeconfig, stateDir string, caps []string, extra ...string) *process {
 	t.Helper()
 	var bounding []string
 	for _, c := range caps {
@@ -147,6 +173,7 @@ func startConfined(t *testing.T, node *testnet.NS, name, kubeconfig, stateDir st
 		agentBinary(t), "--underlay=interface=^ens160$", "--ipip-datapath=ebpf",
 		"--state-dir="+stateDir, "--rt-protos-dir="+filepath.Join(stateDir, "protos"), "--ipam-socket="+filepath.Join(stateDir, "ipam.sock"),
 		"--health-address=127.0.0.1:9099", "--metrics-address=127.0.0.1:9099")
+	p.cmd.Args = append(p.cmd.Args, extra...)
 	p.cmd.Env = append(os.Environ(), "NODENAME="+name, "KUBECONFIG="+kubeconfig)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {

@@ -60,9 +60,8 @@ func run(args []string) int {
 		forwarding    = fs.Bool("enable-ip-forwarding", boolEnv("CALYX_ENABLE_IP_FORWARDING", true), "set net.ipv4.ip_forward=1, which routing pod traffic needs [CALYX_ENABLE_IP_FORWARDING]")
 		logLevel      = fs.String("log-level", env("CALYX_LOG_LEVEL", "info"), "debug, info, warn or error [CALYX_LOG_LEVEL]")
 		logFormat     = fs.String("log-format", env("CALYX_LOG_FORMAT", "text"), "text or json [CALYX_LOG_FORMAT]")
-		cniKubeconfig = fs.String("cni-kubeconfig", env("CALYX_CNI_KUBECONFIG", ""), "the CNI plugins' kubeconfig that install-cni wrote, to rewrite when the service-account token rotates; empty: none [CALYX_CNI_KUBECONFIG]")
-		tokenFile     = fs.String("token-file", installcni.TokenFile, "the pod's service-account token, for --cni-kubeconfig")
-		caFile        = fs.String("ca-file", installcni.CAFile, "the cluster CA, for --cni-kubeconfig")
+		cniKubeconfig = fs.String("cni-kubeconfig", env("CALYX_CNI_KUBECONFIG", ""), "the CNI plugins' kubeconfig that install-cni wrote, whose token to replace before it expires; empty: none [CALYX_CNI_KUBECONFIG]")
+		cniAccount    = cniAccountFlags(fs)
 	)
 	gcConfig := gcFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -119,12 +118,14 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if *cniKubeconfig != "" {
-		server := installcni.ServerFromEnv()
-		if server == "" {
-			log.Error("--cni-kubeconfig needs KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT, which the kubelet sets in pods")
+		acct := cniAccount()
+		tokens, err := acct.Tokens()
+		if err != nil {
+			log.Error("--cni-kubeconfig: cannot request the CNI plugins' token", "err", err)
 			return 2
 		}
-		go installcni.KeepFresh(ctx, log, *cniKubeconfig, server, *caFile, *tokenFile, 30*time.Second)
+		r := &installcni.Refresher{Path: *cniKubeconfig, Server: acct.Server, CAFile: acct.CAFile, Tokens: tokens, Log: log}
+		go r.Run(ctx)
 	}
 	if err := a.Run(ctx); err != nil {
 		log.Error("stopped", "err", err)
