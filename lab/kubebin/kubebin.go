@@ -111,17 +111,11 @@ func Ensure(ctx context.Context, name string, progress io.Writer) (string, error
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return "", fmt.Errorf("creating the cache dir: %w", err)
 	}
-	// An exclusive lock: a second test package waits for the first build
-	// instead of starting another one that would need as much memory again.
-	lock, err := os.OpenFile(filepath.Join(cache, ".build.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	unlock, err := lockBuild(cache)
 	if err != nil {
-		return "", fmt.Errorf("opening the build lock: %w", err)
+		return "", err
 	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return "", fmt.Errorf("locking %s: %w", lock.Name(), err)
-	}
-	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	defer unlock()
 	if isExecutable(bin) {
 		return bin, nil
 	}
@@ -129,6 +123,28 @@ func Ensure(ctx context.Context, name string, progress io.Writer) (string, error
 		return "", err
 	}
 	return bin, nil
+}
+
+// lockBuild takes the cache's build lock: a second test package waits for
+// the first build instead of starting another one that would need as much
+// memory again.
+func lockBuild(cache string) (func(), error) {
+	return LockFile(filepath.Join(cache, ".build.lock"))
+}
+
+// LockFile takes an exclusive lock on path, creating it, and returns the
+// function that releases it: what fills the cache takes it, so that
+// processes side by side fill it once.
+func LockFile(path string) (func(), error) {
+	lock, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening the build lock: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("locking %s: %w", lock.Name(), err)
+	}
+	return func() { syscall.Flock(int(lock.Fd()), syscall.LOCK_UN); lock.Close() }, nil
 }
 
 func isExecutable(path string) bool {
@@ -174,14 +190,28 @@ func build(ctx context.Context, tools, name, version, bin string, progress io.Wr
 	tmp := bin + ".tmp"
 	cmd := exec.CommandContext(ctx, "go", "build", "-v", "-trimpath", "-ldflags", ldflags(version), "-o", tmp, pkg)
 	cmd.Dir = tools
+	if err := runCounting(ctx, cmd, name, total, start, progress); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, bin); err != nil {
+		return fmt.Errorf("caching %s: %w", name, err)
+	}
+	fmt.Fprintf(progress, "built %s %s in %s\n", name, version, time.Since(start).Round(time.Second))
+	return nil
+}
+
+// runCounting runs a `go build -v` or `go install -v`, which names each
+// package as it compiles it on stderr, and reports the count every 10 s.
+// total may be 0 when it is not known.
+func runCounting(ctx context.Context, cmd *exec.Cmd, name string, total int, start time.Time, progress io.Writer) error {
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return err
 	}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting go build: %w", err)
+		return fmt.Errorf("starting %s: %w", strings.Join(cmd.Args, " "), err)
 	}
-	// `go build -v` names each package as it compiles it: count them.
 	var compiled atomic.Int64
 	var tail []string
 	done := make(chan struct{})
@@ -200,23 +230,21 @@ func build(ctx context.Context, tools, name, version, bin string, progress io.Wr
 	defer tick.Stop()
 	waitErr := make(chan error, 1)
 	go func() { <-done; waitErr <- cmd.Wait() }()
+	of := ""
+	if total > 0 {
+		of = fmt.Sprintf(" of ~%d", total)
+	}
 	for {
 		select {
 		case <-tick.C:
-			fmt.Fprintf(progress, "  %s: compiled %d of ~%d packages (%s)\n", name, compiled.Load(), total, time.Since(start).Round(time.Second))
+			fmt.Fprintf(progress, "  %s: compiled %d%s packages (%s)\n", name, compiled.Load(), of, time.Since(start).Round(time.Second))
 		case err := <-waitErr:
 			if err != nil {
-				os.Remove(tmp)
 				return fmt.Errorf("building %s failed: %w\n%s", name, err, strings.Join(tail, "\n"))
 			}
-			if err := os.Rename(tmp, bin); err != nil {
-				return fmt.Errorf("caching %s: %w", name, err)
-			}
-			fmt.Fprintf(progress, "built %s %s in %s\n", name, version, time.Since(start).Round(time.Second))
 			return nil
 		case <-ctx.Done():
 			<-waitErr
-			os.Remove(tmp)
 			return fmt.Errorf("building %s: %w", name, ctx.Err())
 		}
 	}
