@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 )
 
@@ -22,8 +23,47 @@ type pki struct {
 	CACert, ServingCert, ServingKey string
 	AdminCert, AdminKey             string
 	SAKey, SAPub                    string
+	// KubeletClientCert and KubeletClientKey are kube-apiserver's
+	// credential towards the kubelets (exec, logs, port-forward).
+	KubeletClientCert, KubeletClientKey string
 
 	caPEM, adminCertPEM, adminKeyPEM []byte
+	ca                               *x509.Certificate
+	caKey                            *ecdsa.PrivateKey
+	notBefore                        time.Time
+	mu                               sync.Mutex // serial
+	serial                           int64
+}
+
+// leaf issues a certificate signed by the CA, returned as PEM.
+func (p *pki) leaf(cn string, orgs []string, usage x509.ExtKeyUsage, ips []net.IP, dns []string) ([]byte, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	p.mu.Lock()
+	p.serial++
+	serial := p.serial
+	p.mu.Unlock()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial),
+		Subject:      pkix.Name{CommonName: cn, Organization: orgs},
+		NotBefore:    p.notBefore,
+		NotAfter:     p.notBefore.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+		IPAddresses:  ips,
+		DNSNames:     dns,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pemBlock("CERTIFICATE", der), pemBlock("EC PRIVATE KEY", keyDER), nil
 }
 
 func newPKI(dir string, ips []net.IP) (*pki, error) {
@@ -47,42 +87,23 @@ func newPKI(dir string, ips []net.IP) (*pki, error) {
 	}
 	ca, _ := x509.ParseCertificate(caDER)
 
-	leaf := func(serial int64, cn string, orgs []string, usage x509.ExtKeyUsage, ips []net.IP, dns []string) ([]byte, []byte, error) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return nil, nil, err
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial),
-			Subject:      pkix.Name{CommonName: cn, Organization: orgs},
-			NotBefore:    now,
-			NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-			IPAddresses:  ips,
-			DNSNames:     dns,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			return nil, nil, err
-		}
-		keyDER, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			return nil, nil, err
-		}
-		return pemBlock("CERTIFICATE", der), pemBlock("EC PRIVATE KEY", keyDER), nil
-	}
-
-	servingCert, servingKey, err := leaf(2, "kube-apiserver", nil, x509.ExtKeyUsageServerAuth,
+	p := &pki{ca: ca, caKey: caKey, notBefore: now, serial: 1}
+	servingCert, servingKey, err := p.leaf("kube-apiserver", nil, x509.ExtKeyUsageServerAuth,
 		append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv4(10, 96, 0, 1)}, ips...),
 		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"})
 	if err != nil {
 		return nil, fmt.Errorf("creating the serving certificate: %w", err)
 	}
 	// system:masters is the group RBAC lets do anything: the admin credential.
-	adminCert, adminKey, err := leaf(3, "calyx-admin", []string{"system:masters"}, x509.ExtKeyUsageClientAuth, nil, nil)
+	adminCert, adminKey, err := p.leaf("calyx-admin", []string{"system:masters"}, x509.ExtKeyUsageClientAuth, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("creating the admin certificate: %w", err)
+	}
+	// As kubeadm's apiserver-kubelet-client: a member of a group that may
+	// use the kubelets' API.
+	kubeletCert, kubeletKey, err := p.leaf("kube-apiserver-kubelet-client", []string{"system:masters"}, x509.ExtKeyUsageClientAuth, nil, nil)
+	if err != nil {
+		return nil, fmt.Errorf("creating the kubelet client certificate: %w", err)
 	}
 	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -93,26 +114,22 @@ func newPKI(dir string, ips []net.IP) (*pki, error) {
 		return nil, err
 	}
 
-	p := &pki{
-		CACert:       filepath.Join(dir, "ca.crt"),
-		ServingCert:  filepath.Join(dir, "apiserver.crt"),
-		ServingKey:   filepath.Join(dir, "apiserver.key"),
-		AdminCert:    filepath.Join(dir, "admin.crt"),
-		AdminKey:     filepath.Join(dir, "admin.key"),
-		SAKey:        filepath.Join(dir, "sa.key"),
-		SAPub:        filepath.Join(dir, "sa.pub"),
-		caPEM:        pemBlock("CERTIFICATE", caDER),
-		adminCertPEM: adminCert,
-		adminKeyPEM:  adminKey,
-	}
+	p.CACert = filepath.Join(dir, "ca.crt")
+	p.ServingCert, p.ServingKey = filepath.Join(dir, "apiserver.crt"), filepath.Join(dir, "apiserver.key")
+	p.AdminCert, p.AdminKey = filepath.Join(dir, "admin.crt"), filepath.Join(dir, "admin.key")
+	p.SAKey, p.SAPub = filepath.Join(dir, "sa.key"), filepath.Join(dir, "sa.pub")
+	p.KubeletClientCert, p.KubeletClientKey = filepath.Join(dir, "apiserver-kubelet-client.crt"), filepath.Join(dir, "apiserver-kubelet-client.key")
+	p.caPEM, p.adminCertPEM, p.adminKeyPEM = pemBlock("CERTIFICATE", caDER), adminCert, adminKey
 	for path, data := range map[string][]byte{
-		p.CACert:      p.caPEM,
-		p.ServingCert: servingCert,
-		p.ServingKey:  servingKey,
-		p.AdminCert:   adminCert,
-		p.AdminKey:    adminKey,
-		p.SAKey:       pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(saKey)),
-		p.SAPub:       pemBlock("PUBLIC KEY", saPub),
+		p.KubeletClientCert: kubeletCert,
+		p.KubeletClientKey:  kubeletKey,
+		p.CACert:            p.caPEM,
+		p.ServingCert:       servingCert,
+		p.ServingKey:        servingKey,
+		p.AdminCert:         adminCert,
+		p.AdminKey:          adminKey,
+		p.SAKey:             pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(saKey)),
+		p.SAPub:             pemBlock("PUBLIC KEY", saPub),
 	} {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			return nil, err

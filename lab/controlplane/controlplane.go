@@ -6,6 +6,7 @@ package controlplane
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -274,7 +275,15 @@ func (cp *ControlPlane) startAPIServer() error {
 		"--service-account-key-file=" + pki.SAPub,
 		"--service-account-signing-key-file=" + pki.SAKey,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--authorization-mode=RBAC",
+		// As kubeadm sets it up: kubelets are authorized by the Node
+		// authorizer and restricted to their own Node and pods.
+		"--authorization-mode=Node,RBAC",
+		"--enable-admission-plugins=NodeRestriction",
+		"--kubelet-client-certificate=" + pki.KubeletClientCert,
+		"--kubelet-client-key=" + pki.KubeletClientKey,
+		// Node names are not in any DNS: exec and logs go to the
+		// kubelet's InternalIP.
+		"--kubelet-preferred-address-types=InternalIP",
 		"--service-cluster-ip-range=10.96.0.0/12",
 		"--allow-privileged=true",
 		"--profiling=false",
@@ -525,3 +534,31 @@ func (cp *ControlPlane) CACertFile() string { return cp.pki.CACert }
 // ServiceAccountKeyFile is the private key kube-apiserver verifies service
 // account tokens with; kube-controller-manager signs them with it.
 func (cp *ControlPlane) ServiceAccountKeyFile() string { return cp.pki.SAKey }
+
+// IssueClientCert issues a client certificate of the cluster CA for user
+// cn in groups orgs, as PEM: a kubelet's system:node:NAME in system:nodes,
+// kube-scheduler's system:kube-scheduler.
+func (cp *ControlPlane) IssueClientCert(cn string, orgs ...string) (cert, key []byte, err error) {
+	return cp.pki.leaf(cn, orgs, x509.ExtKeyUsageClientAuth, nil, nil)
+}
+
+// CA is the cluster CA's certificate, as PEM.
+func (cp *ControlPlane) CA() []byte { return cp.pki.caPEM }
+
+// WriteKubeconfigFor writes a kubeconfig for server that authenticates as
+// user cn in groups orgs, with a certificate issued for it.
+func (cp *ControlPlane) WriteKubeconfigFor(path, server, cn string, orgs ...string) error {
+	cert, key, err := cp.IssueClientCert(cn, orgs...)
+	if err != nil {
+		return err
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["calyx"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: cp.pki.caPEM}
+	cfg.AuthInfos[cn] = &clientcmdapi.AuthInfo{ClientCertificateData: cert, ClientKeyData: key}
+	cfg.Contexts["calyx"] = &clientcmdapi.Context{Cluster: "calyx", AuthInfo: cn}
+	cfg.CurrentContext = "calyx"
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		return fmt.Errorf("writing the kubeconfig of %s: %w", cn, err)
+	}
+	return nil
+}
