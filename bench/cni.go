@@ -24,17 +24,21 @@ type cniSetup struct {
 	list *libcni.NetworkConfigList
 }
 
-// calyxSetup is the node's real conflist, as the lab wrote it: calyx with
-// calyx-ipam (and whatever the IPAM talks to), then portmap.
+// calyxSetup is the node's real conflist, as calyx-node's install-cni
+// wrote it: calyx with calyx-ipam (and whatever the IPAM talks to), then
+// portmap, run from the host on the node's files.
 func calyxSetup(e *Env, node string) (*cniSetup, error) {
-	n := e.Lab.Node(node)
-	list, err := libcni.ConfListFromFile(filepath.Join(n.Dir, "net.d", "10-calyx.conflist"))
+	binDir, conf, err := e.Lab.Client().HostCNI(node)
+	if err != nil {
+		return nil, err
+	}
+	list, err := libcni.ConfListFromBytes(conf)
 	if err != nil {
 		return nil, fmt.Errorf("loading %s's conflist: %w", node, err)
 	}
 	cache := filepath.Join(e.Dir, "cni-cache-calyx-"+node)
 	return &cniSetup{name: "calyx", node: node, list: list,
-		cni: libcni.NewCNIConfigWithCacheDir([]string{filepath.Join(n.Dir, "bin")}, cache, nil)}, nil
+		cni: libcni.NewCNIConfigWithCacheDir([]string{binDir}, cache, nil)}, nil
 }
 
 // withoutPortmap is the same conflist cut to its first plugin, calyx: the

@@ -254,7 +254,7 @@ func cpuJiffies() (busy, total float64) {
 
 // iperf runs one test from the client pod.
 func iperf(podNS, srvNS, server, test string) (iperfResult, error) {
-	args := []string{"netns", "exec", podNS, "iperf3", "--client", server, "--port", "5201", "--time", strconv.Itoa(iperfSeconds), "--json"}
+	args := []string{"iperf3", "--client", server, "--port", "5201", "--time", strconv.Itoa(iperfSeconds), "--json"}
 	switch test {
 	case "tcp1":
 	case "tcp4":
@@ -285,7 +285,7 @@ func iperf(podNS, srvNS, server, test string) (iperfResult, error) {
 		time.Sleep(200 * time.Millisecond) // the server's listen
 		b0, _ = cpuJiffies()
 		began = time.Now()
-		out, err = sh("ip", args...)
+		out, err = inNetNSCmd(podNS, args...)
 		wall = time.Since(began)
 		b1, _ = cpuJiffies()
 		if err == nil || attempt == 5 || !strings.Contains(err.Error(), "refused") {

@@ -18,7 +18,14 @@ import (
 
 const netnsDir = "/var/run/netns"
 
-func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
+// netnsPath is the named namespace's path; an absolute path (a lab pod's
+// namespace on its node) is taken as is.
+func netnsPath(name string) string {
+	if filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join(netnsDir, name)
+}
 
 // randSuffix makes the names of this run's namespaces unique.
 func randSuffix() string {
@@ -38,9 +45,15 @@ func sh(name string, args ...string) (string, error) {
 	return out.String(), nil
 }
 
-// ipIn runs `ip -n NS args…`.
+// ipIn runs `ip args…` in the namespace, named or by path.
 func ipIn(netnsName string, args ...string) (string, error) {
-	return sh("ip", append([]string{"-n", netnsName}, args...)...)
+	return inNetNSCmd(netnsName, append([]string{"ip"}, args...)...)
+}
+
+// inNetNSCmd runs argv in the namespace, named or by path, and returns its
+// output.
+func inNetNSCmd(netnsName string, argv ...string) (string, error) {
+	return sh("nsenter", append([]string{"--net=" + netnsPath(netnsName), "--"}, argv...)...)
 }
 
 // addNetNS creates a named namespace with lo up, in-process: a pod's

@@ -13,11 +13,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/calyx-net/calyx/calyxctl"
 	"github.com/calyx-net/calyx/ipam"
@@ -27,8 +27,8 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
-// buildBinaries builds the lab's binaries, calyxctl and its kubectl-calyx
-// link into a temporary directory. Only the lab test pays for it.
+// buildBinaries builds the lab's binaries (calyxctl among them) and
+// calyxctl's kubectl-calyx link into a temporary directory. Only the lab test pays for it.
 func buildBinaries(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -36,11 +36,6 @@ func buildBinaries(t *testing.T) string {
 	root := filepath.Join(filepath.Dir(file), "..")
 	if err := lab.BuildBinaries(context.Background(), root, dir, io.Discard); err != nil {
 		t.Fatal(err)
-	}
-	cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(dir, "calyxctl"), "./cmd/calyxctl")
-	cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building calyxctl: %v\n%s", err, out)
 	}
 	if err := os.Symlink("calyxctl", filepath.Join(dir, "kubectl-calyx")); err != nil {
 		t.Fatal(err)
@@ -130,12 +125,15 @@ func TestLab(t *testing.T) {
 		cmd := exec.CommandContext(ctx, ctl, append([]string{"--kubeconfig", l.Kubeconfig()}, args...)...)
 		return wait(t, cmd, args)
 	}
-	// onNode runs calyxctl in node's namespace with the node's kubeconfig,
-	// the way it runs from a DaemonSet pod or a shell on the node.
+	// onNode runs calyxctl on node as users do: in that node's calyx-node
+	// pod (host network, the agent's service account), with kubectl exec.
 	onNode := func(node string, args ...string) result {
 		t.Helper()
-		kc := filepath.Join(dir, "nodes", node, "net.d", "calyx-kubeconfig")
-		cmd, err := c.Command(ctx, node, append([]string{ctl, "--kubeconfig", kc}, args...)...)
+		pod, err := c.CalyxNodePod(ctx, node)
+		if err != nil || pod == nil {
+			t.Fatalf("no calyx-node pod on %s: %v", node, err)
+		}
+		cmd, err := c.KubectlCommand(ctx, append([]string{"exec", "-n", "kube-system", pod.Name, "-c", "calyx-agent", "--", "calyxctl"}, args...)...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -252,8 +250,12 @@ func TestLab(t *testing.T) {
 		if dst == "" {
 			t.Fatalf("no route to %s's block in %+v", lab.DemoServerNode, rep)
 		}
-		// The agent repairs a deleted route at once: stop it first.
-		l.StopAgent(lab.DemoClientNode)
+		// The agent repairs a deleted route at once: freeze it first, as
+		// a hung agent would be.
+		if err := c.SignalAgent(ctx, lab.DemoClientNode, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		defer c.SignalAgent(ctx, lab.DemoClientNode, syscall.SIGCONT)
 		if out, err := c.Output(ctx, lab.DemoClientNode, "ip", "route", "del", dst); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
@@ -282,8 +284,14 @@ func TestLab(t *testing.T) {
 		if r.code != 0 {
 			t.Fatalf("exit %d on a clean cluster:\n%s", r.code, r.out)
 		}
-		// A pod deleted behind the runtime's back leaves its address.
-		if err := l.Kube.CoreV1().Pods("default").Delete(ctx, "tftp-client", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		// A runtime that died between CNI ADD and DEL leaves an address
+		// of a pod the API server never knew.
+		ghost, err := c.NewSandbox("default", "ghost", lab.DemoClientNode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { c.CNIDel(ctx, ghost); c.RemoveSandbox(ghost) }()
+		if err := c.CNIAdd(ctx, ghost); err != nil {
 			t.Fatal(err)
 		}
 		r = run("ipam", "check", "-o", "json")
@@ -298,7 +306,7 @@ func TestLab(t *testing.T) {
 		for _, p := range ps {
 			got = append(got, p.Kind+" "+p.Address)
 		}
-		if diff := cmp.Diff([]string{calyxctl.StalePod + " " + client.IP}, got); diff != "" {
+		if diff := cmp.Diff([]string{calyxctl.StalePod + " " + ghost.IP}, got); diff != "" {
 			t.Errorf("problems (-want +got):\n%s", diff)
 		}
 	})

@@ -10,11 +10,9 @@ import (
 	"time"
 )
 
-// Binaries the lab runs, as a node would have them installed.
-var (
-	cniBinaries = []string{"calyx", "calyx-ipam", "portmap", "loopback"}
-	allBinaries = append([]string{"calyx-agent", "calyx-lab"}, cniBinaries...)
-)
+// allBinaries are what the lab needs of `make build`: calyx-lab (each
+// node's init), pause, and what calyx's image holds.
+var allBinaries = []string{"calyx-agent", "calyx-lab", "calyxctl", "pause", "calyx", "calyx-ipam", "portmap", "loopback"}
 
 // BuildBinaries builds calyx's binaries (and the shipped portmap and
 // loopback) from the module at srcDir into dir. The lab uses the real
@@ -28,6 +26,8 @@ func BuildBinaries(ctx context.Context, srcDir, dir string, progress io.Writer) 
 		"calyx-ipam":  "./cmd/calyx-ipam",
 		"calyx-agent": "./cmd/calyx-agent",
 		"calyx-lab":   "./cmd/calyx-lab",
+		"calyxctl":    "./cmd/calyxctl",
+		"pause":       "./cmd/pause",
 		"portmap":     "github.com/containernetworking/plugins/plugins/meta/portmap",
 		"loopback":    "github.com/containernetworking/plugins/plugins/main/loopback",
 	}

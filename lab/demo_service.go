@@ -3,18 +3,9 @@ package lab
 import (
 	"context"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
-)
-
-// The article's Service in front of the TFTP server pod.
-const (
-	DemoService   = "tftp-server"
-	DemoClusterIP = "10.96.62.142"
 )
 
 // NATChainPath is the path kube-proxy's nat rules take a packet to the
@@ -58,84 +49,91 @@ func NATChainPath(iptablesSave, service, clusterIP string) (chains string, rules
 	return "KUBE-SERVICES → " + svc + " → " + strings.Join(seps, ", "), rules
 }
 
-// demoService puts the article's ClusterIP Service in front of the server
-// pod and downloads through it: kube-proxy's DNAT on the client's node
-// sends the request to the pod IP, and the server answers from the pod IP,
-// which the lab's client follows. It returns what differs from that.
-func demoService(ctx context.Context, l *Lab, out io.Writer, server, client *PodState) (problems []string, err error) {
-	c := l.Client()
+// viaService downloads through the article's Service: kube-proxy's DNAT
+// on the client's node sends the request to the pod IP, and the server
+// answers from the pod IP, which busybox's tftp client follows.
+func (d *demo) viaService(ctx context.Context) error {
 	key := "default/" + DemoService
-	err = l.step(fmt.Sprintf("Service %s %s:69/UDP for the server pod, through kube-proxy (iptables mode)", key, DemoClusterIP), func() error {
-		if _, err := c.AddService(ctx, ServiceSpec{Namespace: "default", Name: DemoService, Selector: map[string]string{"app": "tftp-server"}, Ports: []string{"69/UDP"}, ClusterIP: DemoClusterIP}); err != nil {
-			return err
+	err := d.l.step(fmt.Sprintf("Service %s %s:69/UDP in front of the server pod, through kube-proxy (iptables mode)", key, DemoClusterIP), func() error {
+		eps, err := d.c.WaitEndpoints(ctx, key, 1, 30*time.Second)
+		if err == nil {
+			fmt.Fprintf(d.out, "  EndpointSlice of %s (kube-controller-manager): %v\n", key, eps)
 		}
-		eps, err := c.WaitEndpoints(ctx, key, 1, 30*time.Second)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "  EndpointSlice of %s (kube-controller-manager): %v\n", key, eps)
-		return nil
+		return err
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var chains string
-	var rules []string
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		save, err := c.Output(ctx, DemoClientNode, "iptables-save", "-t", "nat")
-		if err != nil {
-			return nil, err
-		}
-		if chains, rules = NATChainPath(save, key, DemoClusterIP); chains != "" && strings.Contains(strings.Join(rules, "\n"), server.IP+":69") {
-			break
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("kube-proxy on %s wrote no DNAT for %s to %s after 30s: see its log in %s", DemoClientNode, key, server.IP, l.nodeDir(DemoClientNode))
-		}
+	if err := d.showNATPath(ctx, key); err != nil {
+		return err
 	}
-	fmt.Fprintf(out, "\n$ iptables-save -t nat   # on %s, the path of %s:69\n%s\n  %s\n", DemoClientNode, DemoClusterIP, chains, strings.Join(rules, "\n  "))
-
-	cp, err := StartCapture(DemoClientNode, client.HostIface)
+	cp, err := StartCapture(DemoClientNode, d.client.HostIface)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	got := filepath.Join(l.Dir(), "downloaded-via-service.bin")
-	err = l.step(fmt.Sprintf("%s downloads %s from %s:69, the ClusterIP, captured on %s", DemoClientPod, DemoFile, DemoClusterIP, client.HostIface), func() error {
-		_, err := c.Output(ctx, DemoClientPod, filepath.Join(l.opts.BinDir, "calyx-lab"), "tftp-get", "--server", DemoClusterIP, "--file", DemoFile, "--out", got)
+	var got string
+	argv := []string{"tftp", "-g", "-r", DemoFile, "-l", "-", DemoClusterIP}
+	err = d.l.step(fmt.Sprintf("kubectl exec tftp-client -- %s   (the ClusterIP; captured on %s)", strings.Join(argv, " "), d.client.HostIface), func() error {
+		got, err = d.c.Exec(ctx, DemoClientPod, argv...)
 		return err
 	})
 	time.Sleep(200 * time.Millisecond)
 	packets := cp.Stop()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if b, _ := os.ReadFile(got); string(b) != string(DemoContent()) {
-		problems = append(problems, fmt.Sprintf("the download through %s differs from the served file (%d bytes)", DemoClusterIP, len(b)))
+	if got != string(DemoContent()) {
+		d.problem("the download through %s differs from the served file (%d bytes)", DemoClusterIP, len(got))
 	}
-	var request, reply *Dissected
-	for _, p := range packets {
-		d := Dissect(cp.LinkType(), p.Data)
-		switch {
-		case request == nil && strings.HasPrefix(d.TFTP, "RRQ") && d.Src == client.IP:
-			request = &d
-		case reply == nil && strings.HasPrefix(d.TFTP, "DATA") && d.Dst == client.IP:
-			reply = &d
+	d.checkServicePackets(cp, packets)
+	return nil
+}
+
+// showNATPath prints the chains kube-proxy wrote for the Service on the
+// client's node, once they lead to the server pod.
+func (d *demo) showNATPath(ctx context.Context, key string) error {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		save, err := d.c.Output(ctx, DemoClientNode, "iptables-save", "-t", "nat")
+		if err != nil {
+			return err
+		}
+		chains, rules := NATChainPath(save, key, DemoClusterIP)
+		if chains != "" && strings.Contains(strings.Join(rules, "\n"), d.server.IP+":69") {
+			fmt.Fprintf(d.out, "\n$ iptables-save -t nat   # on %s, the path of %s:69\n%s\n  %s\n", DemoClientNode, DemoClusterIP, chains, strings.Join(rules, "\n  "))
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("kube-proxy on %s wrote no DNAT for %s to %s after 30s: kubectl -n kube-system logs -l k8s-app=kube-proxy", DemoClientNode, key, d.server.IP)
 		}
 	}
-	fmt.Fprintf(out, "\non the client's %s (the article's observation):\n", client.HostIface)
+}
+
+// checkServicePackets finds, on the client's veth, the request to the
+// ClusterIP and the reply from the pod IP: the article's observation.
+func (d *demo) checkServicePackets(cp *Capture, packets []CapturedPacket) {
+	var request, reply *Dissected
+	for _, p := range packets {
+		t := Dissect(cp.LinkType(), p.Data)
+		switch {
+		case request == nil && strings.HasPrefix(t.TFTP, "RRQ") && t.Src == d.client.IP:
+			request = &t
+		case reply == nil && strings.HasPrefix(t.TFTP, "DATA") && t.Dst == d.client.IP:
+			reply = &t
+		}
+	}
+	fmt.Fprintf(d.out, "\non the client's %s (the article's observation):\n", d.client.HostIface)
 	if request != nil {
-		fmt.Fprintf(out, "  request  %s:%d → %s:%d  %s\n", request.Src, request.SrcPort, request.Dst, request.DstPort, request.TFTP)
+		fmt.Fprintf(d.out, "  request  %s:%d → %s:%d  %s\n", request.Src, request.SrcPort, request.Dst, request.DstPort, request.TFTP)
 	}
 	if reply != nil {
-		fmt.Fprintf(out, "  reply    %s:%d → %s:%d  %s\n", reply.Src, reply.SrcPort, reply.Dst, reply.DstPort, reply.TFTP)
+		fmt.Fprintf(d.out, "  reply    %s:%d → %s:%d  %s\n", reply.Src, reply.SrcPort, reply.Dst, reply.DstPort, reply.TFTP)
 	}
 	switch {
 	case request == nil || request.Dst != DemoClusterIP || request.DstPort != 69:
-		problems = append(problems, fmt.Sprintf("on %s: no RRQ to %s:69 from the client pod", client.HostIface, DemoClusterIP))
-	case reply == nil || reply.Src != server.IP:
-		problems = append(problems, fmt.Sprintf("on %s: no DATA from the server pod's %s", client.HostIface, server.IP))
+		d.problem("on %s: no RRQ to %s:69 from the client pod", d.client.HostIface, DemoClusterIP)
+	case reply == nil || reply.Src != d.server.IP:
+		d.problem("on %s: no DATA from the server pod's %s", d.client.HostIface, d.server.IP)
 	default:
-		fmt.Fprintf(out, "the request goes to the ClusterIP %s, the reply comes from the pod IP %s and a new port: a client that keeps the ClusterIP (tftp-hpa) needs the conntrack helper (annotate the Service calyx.dev/conntrack-helper=tftp)\n", DemoClusterIP, server.IP)
+		fmt.Fprintf(d.out, "the request goes to the ClusterIP %s, the reply comes from the pod IP %s and a new port: a client that keeps the ClusterIP (tftp-hpa) needs the conntrack helper (annotate the Service calyx.dev/conntrack-helper=tftp)\n", DemoClusterIP, d.server.IP)
 	}
-	return problems, nil
 }

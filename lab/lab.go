@@ -1,32 +1,34 @@
 // Package lab builds a Kubernetes cluster out of network namespaces on one
-// machine, with real parts: etcd and kube-apiserver on the control-plane
-// node, the real calyx-agent on every node, pods wired by the real CNI
-// plugins through libcni, and Node and Pod objects as a kubelet writes them.
-// Nothing of it touches the host's own network namespace.
+// machine, with real parts only: etcd, kube-apiserver, kube-scheduler and
+// kube-controller-manager on the control-plane node, and on every node a
+// real kubelet and containerd in the node's own network, mount and PID
+// namespaces. calyx is installed as users install it, `kubectl apply -f
+// deploy/calyx.yaml`, and kube-proxy runs as kubeadm's DaemonSet. Nothing
+// of it touches the host's own network namespace or mounts.
 package lab
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/calyx-net/calyx/api/client/clientset/versioned"
-	"github.com/calyx-net/calyx/api/v1alpha1"
-	"github.com/calyx-net/calyx/deploy"
+	"github.com/calyx-net/calyx/lab/cgroups"
 	"github.com/calyx-net/calyx/lab/controlplane"
+	"github.com/calyx-net/calyx/lab/node"
 )
 
 // The article's cluster: learn-k8s-1 is the control plane, the workers
@@ -45,9 +47,16 @@ type Options struct {
 	Dir string
 	// Workers is the number of worker nodes; default 2.
 	Workers int
-	// BinDir holds calyx-agent, calyx-lab and the CNI binaries.
+	// BinDir holds calyx's binaries (make build): the lab builds calyx's
+	// image from them, and runs calyx-lab node-init as each node's init.
 	BinDir string
-	// Datapath is the agents' --ipip-datapath; default auto.
+	// Runtimes gives nodes, by name, a container runtime other than the
+	// default: Debian's containerd 1.6 on learn-k8s-2 (and every second
+	// worker after it), containerd 2 on the others, so that every lab
+	// meets the oldest runtime users run and a current one.
+	Runtimes map[string]node.Runtime
+	// Datapath, unless empty or auto, is set as the calyx-node
+	// DaemonSet's CALYX_IPIP_DATAPATH after the manifest is applied.
 	Datapath string
 	// Progress receives a line per step, with its duration.
 	Progress io.Writer
@@ -61,10 +70,11 @@ type Lab struct {
 	Config *rest.Config
 	Kube   kubernetes.Interface
 	Calyx  versioned.Interface
-	agents map[string]*process
-	// kubeProcs are kube-controller-manager and the kube-proxies.
+	kit    *kit
+	nodes  map[string]*node.Node
+	// kubeProcs are kube-scheduler and kube-controller-manager.
 	kubeProcs []*process
-	kcm       *process
+	cgroups   []string
 }
 
 // NodeName is the name of worker i (0-based): learn-k8s-2, learn-k8s-3, …
@@ -78,12 +88,33 @@ func nodeIP(i int) netip.Addr {
 	return netip.AddrFrom4(a)
 }
 
+// nodeNames are the lab's nodes, the control plane first.
+func (o *Options) nodeNames() []string {
+	names := []string{ControlPlaneNode}
+	for i := range o.Workers {
+		names = append(names, NodeName(i))
+	}
+	return names
+}
+
+// runtime is the container runtime of the node at index i (0: the
+// control plane).
+func (o *Options) runtime(i int) node.Runtime {
+	if r, ok := o.Runtimes[o.nodeNames()[i]]; ok {
+		return r
+	}
+	if i%2 == 1 {
+		return node.Containerd16
+	}
+	return node.Containerd2
+}
+
 func (o *Options) defaults() {
 	if o.Dir == "" {
 		o.Dir = DefaultDir
 	}
-	// Nodes link their CNI binaries to BinDir and processes run from
-	// other directories: relative paths (make demo's bin/) would break.
+	// Nodes run binaries from BinDir and from other directories:
+	// relative paths (make demo's bin/) would break.
 	if abs, err := filepath.Abs(o.BinDir); err == nil {
 		o.BinDir = abs
 	}
@@ -92,9 +123,6 @@ func (o *Options) defaults() {
 	}
 	if o.Workers == 0 {
 		o.Workers = 2
-	}
-	if o.Datapath == "" {
-		o.Datapath = "auto"
 	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
@@ -115,195 +143,118 @@ func (l *Lab) step(what string, fn func() error) error {
 	return nil
 }
 
-// Up builds the whole lab and returns once every agent is ready. On error
-// it tears down what it made.
+// Up builds the whole lab and returns once calyx-node runs on every node
+// and every node is Ready. On error it tears down what it made.
 func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	opts.defaults()
-	if err := checkBinaries(opts.BinDir); err != nil {
+	if err := preflight(opts); err != nil {
 		return nil, err
 	}
-	if err := checkIptables(opts.Progress); err != nil {
-		return nil, err
-	}
-	if _, err := ReadState(opts.Dir); err == nil {
-		return nil, fmt.Errorf("a lab is already up in %s: use it, or run `calyx-lab down` first", opts.Dir)
-	}
-	// The namespaces have fixed names: a second lab, from another
-	// directory, would take over the first one's nodes.
-	if _, err := os.Stat(netnsPath(ControlPlaneNode)); err == nil {
-		return nil, fmt.Errorf("network namespace %s exists: another lab is up on this machine; run `calyx-lab down --dir <its dir>` (or `ip netns del` its namespaces) first", ControlPlaneNode)
-	}
-	l := &Lab{opts: opts, agents: map[string]*process{}}
+	l := &Lab{opts: opts, nodes: map[string]*node.Node{}}
 	defer func() {
 		if err != nil {
+			if kept := l.keepLogs(); kept != "" {
+				err = fmt.Errorf("%w\n(the nodes' and the control plane's logs are kept in %s)", err, kept)
+			}
 			l.Down()
 		}
 	}()
 	if err := updateState(opts.Dir, func(s *State) error { s.SupervisorPID = os.Getpid(); return nil }); err != nil {
 		return nil, err
 	}
-
-	nodes := []string{ControlPlaneNode}
-	for i := 0; i < opts.Workers; i++ {
-		nodes = append(nodes, NodeName(i))
-	}
-	err = l.step(fmt.Sprintf("network namespaces: underlay %s with router %s, internet %s, nodes %v", UnderlayCIDR, RouterIP, InternetIP, nodes), func() error {
-		if err := setupUnderlay(); err != nil {
+	steps := []struct {
+		what string
+		fn   func() error
+	}{
+		{"the nodes' kit: Kubernetes binaries, containerd 1.6 and 2, runc, images", func() error {
+			l.kit, err = l.prepareKit(ctx)
 			return err
-		}
-		return updateState(opts.Dir, func(s *State) error {
-			for i, n := range nodes {
-				if err := setupNode(n, nodeIP(i)); err != nil {
-					return err
-				}
-				s.Nodes = append(s.Nodes, NodeState{Name: n, IP: nodeIP(i).String(), NetNS: n, Dir: filepath.Join(opts.Dir, "nodes", n)})
-			}
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, err
+		}},
+		{fmt.Sprintf("network namespaces: underlay %s with router %s, internet %s, nodes %v", UnderlayCIDR, RouterIP, InternetIP, opts.nodeNames()), l.setupNetwork},
+		{fmt.Sprintf("control plane on %s: etcd and kube-apiserver at https://%s:%d", ControlPlaneNode, firstNodeIP, apiServerPort), func() error { return l.startControlPlane(ctx) }},
+		{fmt.Sprintf("kube-scheduler and kube-controller-manager on %s", ControlPlaneNode), func() error { return l.startControllers(ctx) }},
+		{"nodes: containerd and the kubelet on each, the images imported", func() error { return l.startNodes(ctx) }},
+		{"kube-proxy, as kubeadm's DaemonSet (mode \"\": iptables)", func() error { return l.installKubeProxy(ctx) }},
+		{"calyx: kubectl apply -f deploy/calyx.yaml", func() error { return l.installCalyx(ctx) }},
 	}
-
-	err = l.step(fmt.Sprintf("control plane on %s: etcd and kube-apiserver at https://%s:%d", ControlPlaneNode, firstNodeIP, apiServerPort), func() error {
-		l.cp, err = controlplane.Start(ctx, controlplane.Options{
-			Dir: filepath.Join(opts.Dir, "controlplane"), NetNS: netnsPath(ControlPlaneNode),
-			BindAddress: "0.0.0.0", AdvertiseAddress: firstNodeIP, Port: apiServerPort,
-			Progress: opts.Progress, Logger: opts.Logger,
-		})
-		if err != nil {
-			return err
-		}
-		l.Config = l.cp.Config
-		l.Kube = kubernetes.NewForConfigOrDie(l.Config)
-		l.Calyx = versioned.NewForConfigOrDie(l.Config)
-		return updateState(opts.Dir, func(s *State) error {
-			s.Kubeconfig = l.cp.Kubeconfig
-			s.APIServer = l.cp.URL
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, err
-	}
-
-	err = l.step("default IPPool "+DefaultPoolCIDR+" (blockSize 26, ipipMode Always, natOutgoing)", func() error {
-		p := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: DefaultPool},
-			Spec: v1alpha1.IPPoolSpec{CIDR: DefaultPoolCIDR, BlockSize: 26, IPIPMode: v1alpha1.IPIPModeAlways, NATOutgoing: true}}
-		_, err := l.Calyx.CalyxV1alpha1().IPPools().Create(ctx, p, metav1.CreateOptions{})
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-
-	for i, n := range nodes {
-		err = l.step(fmt.Sprintf("node %s (%s): Node object, CNI config and binaries, calyx-agent", n, nodeIP(i)), func() error {
-			if err := l.registerNode(ctx, n, nodeIP(i), i == 0); err != nil {
-				return err
-			}
-			if err := l.installNode(n); err != nil {
-				return err
-			}
-			return l.startAgent(n)
-		})
-		if err != nil {
+	for _, s := range steps {
+		if err := l.step(s.what, s.fn); err != nil {
 			return nil, err
 		}
-	}
-	err = l.step("waiting for every agent to be ready", func() error {
-		return l.waitAgentsReady(ctx, 60*time.Second)
-	})
-	if err != nil {
-		return nil, err
-	}
-	err = l.step(fmt.Sprintf("kube-controller-manager on %s, kube-proxy (iptables mode) on every worker", ControlPlaneNode), func() error {
-		kcm, proxy, err := l.ensureKubeBinaries(ctx)
-		if err != nil {
-			return err
-		}
-		if err := l.startControllerManager(kcm); err != nil {
-			return err
-		}
-		for _, n := range nodes[1:] {
-			if err := l.startKubeProxy(n, proxy); err != nil {
-				return err
-			}
-		}
-		for _, n := range nodes[1:] {
-			if err := l.waitKubeProxy(ctx, n, 60*time.Second); err != nil {
-				return err
-			}
-		}
-		return l.waitControllerManager(ctx, 60*time.Second)
-	})
-	if err != nil {
-		return nil, err
 	}
 	return l, nil
 }
 
-// nodeDir is where a node's files live: its CNI config and binaries, the
-// agent's state and log.
-func (l *Lab) nodeDir(node string) string { return filepath.Join(l.opts.Dir, "nodes", node) }
-
-// installNode does what calyx's install-cni does on a real node: the CNI
-// binaries, the shipped conflist pointed at this node's paths, and a
-// kubeconfig for the plugins.
-func (l *Lab) installNode(node string) error {
-	dir := l.nodeDir(node)
-	for _, d := range []string{"bin", "net.d", "state", "cni-cache"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			return err
-		}
-	}
-	for _, b := range cniBinaries {
-		dst := filepath.Join(dir, "bin", b)
-		os.Remove(dst)
-		if err := os.Symlink(filepath.Join(l.opts.BinDir, b), dst); err != nil {
-			return err
-		}
-	}
-	kubeconfig := filepath.Join(dir, "net.d", "calyx-kubeconfig")
-	if err := l.cp.WriteKubeconfig(kubeconfig, l.cp.URL); err != nil {
+// preflight refuses to start where a lab runs already, and says what the
+// machine lacks.
+func preflight(opts Options) error {
+	if err := checkBinaries(opts.BinDir); err != nil {
 		return err
 	}
-	conflist, err := nodeConflist(dir, kubeconfig)
+	if err := checkHostPackages(opts.Progress); err != nil {
+		return err
+	}
+	if _, err := ReadState(opts.Dir); err == nil {
+		return fmt.Errorf("a lab is already up in %s: use it, or run `calyx-lab down` first", opts.Dir)
+	}
+	// The namespaces have fixed names: a second lab, from another
+	// directory, would take over the first one's nodes.
+	if _, err := os.Stat(netnsPath(ControlPlaneNode)); err == nil {
+		return fmt.Errorf("network namespace %s exists: another lab is up on this machine; run `calyx-lab down --dir <its dir>` (or `ip netns del` its namespaces) first", ControlPlaneNode)
+	}
+	return nil
+}
+
+// setupNetwork creates the underlay, the internet and the nodes'
+// namespaces.
+func (l *Lab) setupNetwork() error {
+	if err := setupUnderlay(); err != nil {
+		return err
+	}
+	return updateState(l.opts.Dir, func(s *State) error {
+		for i, n := range l.opts.nodeNames() {
+			if err := setupNode(n, nodeIP(i)); err != nil {
+				return err
+			}
+			s.Nodes = append(s.Nodes, NodeState{Name: n, IP: nodeIP(i).String(), NetNS: n,
+				Dir: l.nodeDir(n), Runtime: string(l.opts.runtime(i)), RuntimeDir: l.kit.runtimes[l.opts.runtime(i)]})
+		}
+		return nil
+	})
+}
+
+func (l *Lab) startControlPlane(ctx context.Context) error {
+	var err error
+	l.cp, err = controlplane.Start(ctx, controlplane.Options{
+		Dir: filepath.Join(l.opts.Dir, "controlplane"), NetNS: netnsPath(ControlPlaneNode),
+		BindAddress: "0.0.0.0", AdvertiseAddress: firstNodeIP, Port: apiServerPort,
+		Progress: l.opts.Progress, Logger: l.opts.Logger,
+	})
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, "net.d", "10-calyx.conflist"), conflist, 0o644)
+	l.Config = l.cp.Config
+	l.Kube = kubernetes.NewForConfigOrDie(l.Config)
+	l.Calyx = versioned.NewForConfigOrDie(l.Config)
+	return updateState(l.opts.Dir, func(s *State) error {
+		s.Kubeconfig = l.cp.Kubeconfig
+		s.APIServer = l.cp.URL
+		return nil
+	})
 }
 
-// nodeConflist is the shipped conflist with this node's paths: several
-// nodes share the machine's file system.
-func nodeConflist(dir, kubeconfig string) ([]byte, error) {
-	var list map[string]any
-	if err := json.Unmarshal(deploy.Conflist, &list); err != nil {
-		return nil, fmt.Errorf("parsing the shipped conflist: %w", err)
-	}
-	plugins, _ := list["plugins"].([]any)
-	for _, p := range plugins {
-		m, _ := p.(map[string]any)
-		if m["type"] != "calyx" {
-			continue
-		}
-		m["state_dir"] = filepath.Join(dir, "state")
-		ipamConf, _ := m["ipam"].(map[string]any)
-		if ipamConf == nil {
-			return nil, errors.New("the shipped conflist's calyx entry has no ipam section")
-		}
-		ipamConf["kubeconfig"] = kubeconfig
-		ipamConf["nodename_file"] = filepath.Join(dir, "state", "nodename")
-		ipamConf["lock_file"] = filepath.Join(dir, "ipam.lock")
-		ipamConf["agent_socket"] = filepath.Join(dir, "ipam.sock")
-	}
-	return json.MarshalIndent(list, "", "  ")
+// nodeDir is where a node's files live on the host.
+func (l *Lab) nodeDir(node string) string { return filepath.Join(l.opts.Dir, "nodes", node) }
+
+// Node is the running node of that name.
+func (l *Lab) Node(name string) (*node.Node, bool) {
+	n, ok := l.nodes[name]
+	return n, ok
 }
 
-// Down removes every namespace, process and file of the lab in dir. It
-// works from the state file alone, so it also cleans up after a supervisor
-// that died.
+// Down removes every namespace, process, cgroup and file of the lab in
+// dir. It works from the state file alone, so it also cleans up after a
+// supervisor that died.
 func (l *Lab) Down() error {
 	return down(l.opts.Dir, l)
 }
@@ -322,16 +273,12 @@ func down(dir string, l *Lab) error {
 	if s == nil {
 		s = &State{}
 	}
-	for _, p := range s.Pods {
-		killPod(p.CommandPID)
-		deleteNetNS(p.NetNS)
-	}
 	if l != nil {
+		for _, n := range l.nodes {
+			n.Stop()
+		}
 		for _, p := range l.kubeProcs {
 			p.stop()
-		}
-		for _, a := range l.agents {
-			a.stop()
 		}
 		if l.cp != nil {
 			if err := l.cp.Stop(); err != nil {
@@ -339,48 +286,46 @@ func down(dir string, l *Lab) error {
 			}
 		}
 	} else if s.SupervisorPID > 0 && s.SupervisorPID != os.Getpid() {
-		// The supervisor stops the control plane and the agents itself.
+		// The supervisor stops the control plane and the nodes itself.
 		stopPID(s.SupervisorPID, 20*time.Second)
 	}
+	// Whatever is left (a supervisor that died): a node's init takes its
+	// whole PID namespace with it.
 	for _, n := range s.Nodes {
-		killPID(n.AgentPID)
+		killPID(n.InitPID)
 	}
 	for _, pid := range s.KubePIDs {
 		killPID(pid)
 	}
-	nodes := map[string]bool{}
-	for _, n := range s.Nodes {
-		nodes[n.NetNS] = true
-	}
-	// Also the fixed names, should the state file be gone.
-	nodes[ControlPlaneNode] = true
-	for i := 0; i < 16; i++ {
-		nodes[NodeName(i)] = true
-	}
-	for n := range nodes {
-		if err := deleteNetNS(n); err != nil {
+	if s.Cgroup != "" {
+		if err := cgroups.Remove(s.Hierarchies, s.Cgroup, s.CgroupsCreated); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for _, n := range []string{UnderlayNS, InternetNS} {
-		if err := deleteNetNS(n); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs = append(errs, deleteNamespaces(s)...)
 	if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
-// killPod ends a pod's command and everything it started (tftpd-hpa
-// forks a child per transfer): the command leads a session and process
-// group of its own, as a container's processes share its fate.
-func killPod(pid int) {
-	if pid > 0 {
-		syscall.Kill(-pid, syscall.SIGKILL)
-		syscall.Kill(pid, syscall.SIGKILL)
+// deleteNamespaces deletes the lab's network namespaces: the state's, and
+// the fixed names, should the state file be gone.
+func deleteNamespaces(s *State) []error {
+	names := map[string]bool{ControlPlaneNode: true, UnderlayNS: true, InternetNS: true}
+	for _, n := range s.Nodes {
+		names[n.NetNS] = true
 	}
+	for i := 0; i < 16; i++ {
+		names[NodeName(i)] = true
+	}
+	var errs []error
+	for n := range names {
+		if err := deleteNetNS(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
 
 // killPID ends a process the lab started, if it still runs.
@@ -408,3 +353,31 @@ func (l *Lab) Dir() string { return l.opts.Dir }
 
 // Kubeconfig is an admin kubeconfig that works from the host.
 func (l *Lab) Kubeconfig() string { return l.cp.Kubeconfig }
+
+// keepLogs copies every log of the lab into a new directory under
+// $TMPDIR, for a start-up that failed (Down removes the lab's own), and
+// returns it; "" when there was none.
+func (l *Lab) keepLogs() string {
+	var logs []string
+	filepath.WalkDir(l.opts.Dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".log") && !strings.Contains(p, "/containerd/") && !strings.Contains(p, "/pods/") {
+			logs = append(logs, p)
+		}
+		return nil
+	})
+	if len(logs) == 0 {
+		return ""
+	}
+	dir, err := os.MkdirTemp("", "calyx-lab-logs-")
+	if err != nil {
+		return ""
+	}
+	for _, p := range logs {
+		rel, _ := filepath.Rel(l.opts.Dir, p)
+		dst := filepath.Join(dir, strings.ReplaceAll(rel, "/", "_"))
+		if b, err := os.ReadFile(p); err == nil {
+			os.WriteFile(dst, b, 0o644)
+		}
+	}
+	return dir
+}

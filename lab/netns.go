@@ -17,7 +17,14 @@ import (
 // the lab's there, and `ip netns exec` works on them.
 const netnsDir = "/var/run/netns"
 
-func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
+// netnsPath is the path of the named namespace; an absolute path (a pod's
+// namespace on its node, /proc/PID/root/run/netns/cni-…) is taken as is.
+func netnsPath(name string) string {
+	if filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join(netnsDir, name)
+}
 
 // ensureNetNS creates the named namespace unless it exists, with lo up.
 func ensureNetNS(name string) error {

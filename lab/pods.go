@@ -2,36 +2,60 @@ package lab
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
+	"time"
 
-	"github.com/containernetworking/cni/libcni"
-	current "github.com/containernetworking/cni/pkg/types/100"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+
+	cniplugin "github.com/calyx-net/calyx/cni-plugin"
+	"github.com/calyx-net/calyx/lab/images"
+	"github.com/calyx-net/calyx/lab/node"
 )
+
+// Toolbox is the image of the lab's pods unless told otherwise: busybox
+// (sh, ping, tftp, nc, wget, …) and tftpd-hpa.
+const Toolbox = images.ToolboxTag
 
 // PodSpec says what pod to make.
 type PodSpec struct {
 	Namespace, Name, Node string
 	Labels                map[string]string
-	// Command, if any, runs in the pod's namespace in the background.
+	// Image defaults to Toolbox, whose default command sleeps.
+	Image string
+	// Command, if any, replaces the image's.
 	Command []string
 }
 
-// PodNetNS is the network namespace of pod NAMESPACE/NAME.
-func PodNetNS(namespace, name string) string { return "pod-" + namespace + "-" + name }
+// PodState is a running pod as the lab found it.
+type PodState struct {
+	Namespace, Name, Node string
+	IP                    string
+	// HostIface is the host side of the pod's veth, cali….
+	HostIface string
+	// NetNS is the host's path to the pod's network namespace.
+	NetNS string
+}
 
-// Client is what the lab commands that run outside the supervisor need:
+// Key is the pod's NAMESPACE/NAME.
+func (p PodState) Key() string { return p.Namespace + "/" + p.Name }
+
+// PodNetNS is the host's path to the network namespace of the pod
+// NAMESPACE/NAME on its node.
+func (c *Client) PodNetNS(ctx context.Context, key string) (string, error) {
+	p, err := c.Pod(ctx, key)
+	if err != nil {
+		return "", err
+	}
+	return p.NetNS, nil
+}
+
+// Client is what the lab's commands that run outside the supervisor need:
 // the lab's directory and an API client through the host kubeconfig.
 type Client struct {
 	Dir  string
@@ -61,218 +85,171 @@ func NewClient(dir string) (*Client, error) {
 // Client returns a Client of this lab.
 func (l *Lab) Client() *Client { return &Client{Dir: l.opts.Dir, Kube: l.Kube} }
 
-// AddPod makes a pod as a kubelet and containerd would: a network namespace
-// wired by the node's CNI plugins through libcni, and a Pod object bound to
-// the node with its IP and Ready in the status.
-func (c *Client) AddPod(ctx context.Context, spec PodSpec) (_ *PodState, err error) {
-	if errs := validation.IsDNS1123Label(spec.Namespace); len(errs) > 0 {
-		return nil, fmt.Errorf("namespace %q: %s", spec.Namespace, strings.Join(errs, "; "))
-	}
-	if errs := validation.IsDNS1123Label(spec.Name); len(errs) > 0 {
-		return nil, fmt.Errorf("pod name %q: %s", spec.Name, strings.Join(errs, "; "))
-	}
-	s, err := ReadState(c.Dir)
-	if err != nil {
-		return nil, err
-	}
-	node, ok := s.Node(spec.Node)
-	if !ok {
-		return nil, fmt.Errorf("no node %q in the lab: `calyx-lab status` lists them", spec.Node)
-	}
-	key := spec.Namespace + "/" + spec.Name
-	if _, ok := s.Pod(key); ok {
-		return nil, fmt.Errorf("pod %s exists: delete it first with `calyx-lab pod del %s`", key, key)
-	}
-	id := make([]byte, 32)
-	rand.Read(id)
-	p := &PodState{Namespace: spec.Namespace, Name: spec.Name, Node: spec.Node,
-		NetNS: PodNetNS(spec.Namespace, spec.Name), ContainerID: hex.EncodeToString(id)}
-
-	if err := ensureNetNS(p.NetNS); err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			deleteNetNS(p.NetNS)
-		}
-	}()
-	res, err := cniAdd(ctx, node, p)
-	if err != nil {
-		return nil, err
-	}
-	for _, ip := range res.IPs {
-		p.IP = ip.Address.IP.String()
-	}
-	for _, iface := range res.Interfaces {
-		if iface.Sandbox == "" {
-			p.HostIface = iface.Name
+// AddPod creates a Pod bound to the node by its hostname label, as a user
+// would, and waits until the kubelet runs it and reports it Ready.
+func (c *Client) AddPod(ctx context.Context, spec PodSpec) (*PodState, error) {
+	for what, v := range map[string]string{"namespace": spec.Namespace, "pod name": spec.Name} {
+		if errs := validation.IsDNS1123Label(v); len(errs) > 0 {
+			return nil, fmt.Errorf("%s %q: %s", what, v, strings.Join(errs, "; "))
 		}
 	}
-	defer func() {
-		if err != nil {
-			cniDel(context.WithoutCancel(ctx), node, p)
-		}
-	}()
-	if err := c.writePod(ctx, spec, p, node.IP); err != nil {
-		return nil, err
-	}
-	if len(spec.Command) > 0 {
-		p.Log = filepath.Join(c.Dir, "pods", spec.Namespace+"_"+spec.Name+".log")
-		if err := os.MkdirAll(filepath.Dir(p.Log), 0o755); err != nil {
-			return nil, err
-		}
-		proc, err := startIn(p.NetNS, spec.Command, []string{"POD_IP=" + p.IP, "POD_NAME=" + spec.Name, "POD_NAMESPACE=" + spec.Namespace}, p.Log, true)
-		if err != nil {
-			return nil, err
-		}
-		p.CommandPID = proc.pid()
-	}
-	err = updateState(c.Dir, func(s *State) error {
-		s.Pods = append(s.Pods, *p)
-		return nil
-	})
-	return p, err
+	return c.CreatePod(ctx, PodObject(spec))
 }
 
-// DelPod runs CNI DEL for the pod, deletes its namespace, its command and
-// its Pod object.
-func (c *Client) DelPod(ctx context.Context, key string) error {
-	s, err := ReadState(c.Dir)
-	if err != nil {
-		return err
-	}
-	p, ok := s.Pod(key)
-	if !ok {
-		return fmt.Errorf("no pod %s in the lab: `calyx-lab status` lists them", key)
-	}
-	node, _ := s.Node(p.Node)
-	killPod(p.CommandPID)
-	var errs []error
-	if node != nil {
-		if err := cniDel(ctx, node, p); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := deleteNetNS(p.NetNS); err != nil {
-		errs = append(errs, err)
-	}
-	err = c.Kube.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
-	if err != nil && !apierrors.IsNotFound(err) {
-		errs = append(errs, fmt.Errorf("deleting Pod %s: %w", key, err))
-	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	return updateState(c.Dir, func(s *State) error {
-		for i := range s.Pods {
-			if s.Pods[i].Key() == key {
-				s.Pods = append(s.Pods[:i], s.Pods[i+1:]...)
-				break
-			}
-		}
-		return nil
-	})
-}
-
-func cniRuntime(node *NodeState, p *PodState) (*libcni.CNIConfig, *libcni.NetworkConfigList, *libcni.RuntimeConf, error) {
-	list, err := libcni.ConfListFromFile(filepath.Join(node.Dir, "net.d", "10-calyx.conflist"))
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("loading %s's conflist: %w", node.Name, err)
-	}
-	cni := libcni.NewCNIConfigWithCacheDir([]string{filepath.Join(node.Dir, "bin")}, filepath.Join(node.Dir, "cni-cache"), nil)
-	rt := &libcni.RuntimeConf{
-		ContainerID: p.ContainerID,
-		NetNS:       netnsPath(p.NetNS),
-		IfName:      "eth0",
-		Args: [][2]string{
-			{"IgnoreUnknown", "1"},
-			{"K8S_POD_NAMESPACE", p.Namespace},
-			{"K8S_POD_NAME", p.Name},
-			{"K8S_POD_INFRA_CONTAINER_ID", p.ContainerID},
-		},
-		CapabilityArgs: map[string]any{"portMappings": []any{}},
-	}
-	return cni, list, rt, nil
-}
-
-// cniAdd calls the node's plugins from inside the node's namespace, as
-// containerd on that node would.
-func cniAdd(ctx context.Context, node *NodeState, p *PodState) (*current.Result, error) {
-	cni, list, rt, err := cniRuntime(node, p)
-	if err != nil {
+// CreatePod creates pod (its namespace too, if missing) and waits until
+// the kubelet runs it and reports it Ready.
+func (c *Client) CreatePod(ctx context.Context, pod *corev1.Pod) (*PodState, error) {
+	if err := c.ensureNamespace(ctx, pod.Namespace); err != nil {
 		return nil, err
 	}
-	var res *current.Result
-	err = inNetNS(node.NetNS, func() error {
-		r, err := cni.AddNetworkList(ctx, list, rt)
-		if err != nil {
-			return err
-		}
-		res, err = current.NewResultFromResult(r)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("CNI ADD for %s on %s: %w", p.Key(), node.Name, err)
+	if _, err := c.Kube.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		return nil, fmt.Errorf("creating Pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	return res, nil
+	return c.WaitPod(ctx, pod.Namespace+"/"+pod.Name, 2*time.Minute)
 }
 
-func cniDel(ctx context.Context, node *NodeState, p *PodState) error {
-	cni, list, rt, err := cniRuntime(node, p)
-	if err != nil {
-		return err
+// PodObject is the Pod AddPod creates: the toolbox image (or spec's), a
+// one-second grace period (a shell's sleep ignores SIGTERM as PID 1), and
+// the node chosen by its kubernetes.io/hostname label, so that the real
+// scheduler places it.
+func PodObject(spec PodSpec) *corev1.Pod {
+	image := spec.Image
+	if image == "" {
+		image = Toolbox
 	}
-	err = inNetNS(node.NetNS, func() error { return cni.DelNetworkList(ctx, list, rt) })
-	if err != nil {
-		return fmt.Errorf("CNI DEL for %s on %s: %w", p.Key(), node.Name, err)
-	}
-	return nil
-}
-
-// writePod creates the Pod object bound to its node, and its status with
-// the IP and Ready, as the kubelet writes it once the sandbox is up.
-func (c *Client) writePod(ctx context.Context, spec PodSpec, p *PodState, hostIP string) error {
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: spec.Namespace}}
-	if _, err := c.Kube.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating namespace %s: %w", spec.Namespace, err)
-	}
-	// The ServiceAccount admission plugin wants the namespace's default
-	// account, which kube-controller-manager would create.
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
-	if _, err := c.Kube.CoreV1().ServiceAccounts(spec.Namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating the default ServiceAccount of %s: %w", spec.Namespace, err)
-	}
-	no := false
-	pod := &corev1.Pod{
+	grace := int64(1)
+	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: spec.Name, Namespace: spec.Namespace, Labels: spec.Labels},
 		Spec: corev1.PodSpec{
-			NodeName:                     spec.Node,
-			AutomountServiceAccountToken: &no,
-			Containers:                   []corev1.Container{{Name: "main", Image: "calyx-lab/netns"}},
+			NodeSelector:                  map[string]string{"kubernetes.io/hostname": spec.Node},
+			TerminationGracePeriodSeconds: &grace,
+			Containers: []corev1.Container{{
+				Name: "main", Image: image, Command: spec.Command,
+				ImagePullPolicy: corev1.PullIfNotPresent,
+			}},
 		},
 	}
-	created, err := c.Kube.CoreV1().Pods(spec.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+}
+
+// WaitPod waits until the pod NAMESPACE/NAME is Ready and returns it.
+func (c *Client) WaitPod(ctx context.Context, key string, timeout time.Duration) (*PodState, error) {
+	ns, name, _ := strings.Cut(key, "/")
+	deadline := time.Now().Add(timeout)
+	for {
+		pod, err := c.Kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err == nil && podReady(pod) {
+			return c.podState(ctx, pod)
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("pod %s not Ready after %s: %s", key, timeout, podProblem(pod, err))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Pod is the running pod NAMESPACE/NAME.
+func (c *Client) Pod(ctx context.Context, key string) (*PodState, error) {
+	ns, name, ok := strings.Cut(key, "/")
+	if !ok {
+		return nil, fmt.Errorf("%q: give the pod as NAMESPACE/NAME", key)
+	}
+	pod, err := c.Kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("creating Pod %s: %w", p.Key(), err)
+		return nil, fmt.Errorf("pod %s: %w", key, err)
 	}
-	now := metav1.Now()
-	created.Status = corev1.PodStatus{
-		Phase:     corev1.PodRunning,
-		HostIP:    hostIP,
-		PodIP:     p.IP,
-		PodIPs:    []corev1.PodIP{{IP: p.IP}},
-		StartTime: &now,
-		Conditions: []corev1.PodCondition{
-			{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
-			{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
-			{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: now},
-			{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: now},
-		},
-		ContainerStatuses: []corev1.ContainerStatus{{Name: "main", Ready: true, Image: "calyx-lab/netns",
-			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}}}},
+	return c.podState(ctx, pod)
+}
+
+func (c *Client) podState(ctx context.Context, pod *corev1.Pod) (*PodState, error) {
+	n, err := c.node(pod.Spec.NodeName)
+	if err != nil {
+		return nil, err
 	}
-	if _, err := c.Kube.CoreV1().Pods(spec.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("writing Pod %s's status: %w", p.Key(), err)
+	netns, err := n.PodNetNS(ctx, pod.Namespace, pod.Name)
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	return &PodState{
+		Namespace: pod.Namespace, Name: pod.Name, Node: pod.Spec.NodeName, IP: pod.Status.PodIP,
+		HostIface: cniplugin.HostVethName("cali", cniplugin.PodArgs{Namespace: pod.Namespace, Name: pod.Name}, ""),
+		NetNS:     netns,
+	}, nil
+}
+
+// node is the running node of that name, from the state file.
+func (c *Client) node(name string) (*node.Node, error) {
+	s, err := ReadState(c.Dir)
+	if err != nil {
+		return nil, err
+	}
+	ns, ok := s.Node(name)
+	if !ok || ns.InitPID == 0 {
+		return nil, fmt.Errorf("no running node %q in the lab: `calyx-lab status` lists them", name)
+	}
+	cfg := node.Config{Name: ns.Name, NetNS: netnsPath(ns.NetNS), Dir: ns.Dir, Runtime: node.Runtime(ns.Runtime),
+		RuntimeDir: ns.RuntimeDir, Hierarchies: s.Hierarchies}
+	return node.Attach(cfg, ns.InitPID), nil
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// podProblem says why a pod is not ready, as `kubectl describe` would.
+func podProblem(p *corev1.Pod, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	msg := fmt.Sprintf("phase %s on node %q", p.Status.Phase, p.Spec.NodeName)
+	for _, c := range p.Status.Conditions {
+		if c.Status != corev1.ConditionTrue && c.Message != "" {
+			msg += fmt.Sprintf("; %s: %s", c.Type, c.Message)
+		}
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if w := cs.State.Waiting; w != nil {
+			msg += fmt.Sprintf("; container %s waiting: %s %s", cs.Name, w.Reason, w.Message)
+		}
+	}
+	return msg + " (kubectl describe pod shows the events)"
+}
+
+// DelPod deletes the pod and waits until it is gone: the kubelet has then
+// stopped its sandbox, and the runtime has run CNI DEL.
+func (c *Client) DelPod(ctx context.Context, key string) error {
+	ns, name, ok := strings.Cut(key, "/")
+	if !ok {
+		return fmt.Errorf("%q: give the pod as NAMESPACE/NAME", key)
+	}
+	err := c.Kube.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{})
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("no pod %s in the lab", key)
+	}
+	if err != nil {
+		return fmt.Errorf("deleting pod %s: %w", key, err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err := c.Kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pod %s still there a minute after its deletion (Terminating?): kubectl describe pod -n %s %s", key, ns, name)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

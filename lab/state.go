@@ -14,58 +14,41 @@ import (
 const DefaultDir = "/run/calyx-lab"
 
 // State is what separate calyx-lab commands share: the supervisor that runs
-// the control plane and the agents writes it, `pod add` and the others read
-// and extend it.
+// the control plane and the nodes writes it; `pod add`, `exec` and the
+// others read it. Pods are not in it: the API server knows them.
 type State struct {
 	SupervisorPID int         `json:"supervisorPID"`
 	Kubeconfig    string      `json:"kubeconfig"`
 	APIServer     string      `json:"apiServer"`
 	Nodes         []NodeState `json:"nodes"`
-	Pods          []PodState  `json:"pods"`
-	// KubePIDs are kube-controller-manager's and the kube-proxies'.
+	// KubePIDs are kube-scheduler's and kube-controller-manager's.
 	KubePIDs []int `json:"kubePIDs,omitempty"`
+	// Cgroup is the lab's cgroup tree, Hierarchies where it lives, and
+	// CgroupsCreated the directories Up made for it (down removes them).
+	Cgroup         string   `json:"cgroup,omitempty"`
+	Hierarchies    []string `json:"hierarchies,omitempty"`
+	CgroupsCreated []string `json:"cgroupsCreated,omitempty"`
 }
 
-// NodeState is one node namespace.
+// NodeState is one node.
 type NodeState struct {
-	Name     string `json:"name"`
-	IP       string `json:"ip"`
-	NetNS    string `json:"netns"`
-	AgentPID int    `json:"agentPID,omitempty"`
-	Dir      string `json:"dir"`
+	Name  string `json:"name"`
+	IP    string `json:"ip"`
+	NetNS string `json:"netns"`
+	Dir   string `json:"dir"`
+	// Runtime is the node's container runtime, RuntimeDir its binaries.
+	Runtime    string `json:"runtime"`
+	RuntimeDir string `json:"runtimeDir,omitempty"`
+	// InitPID is the host PID of the node's init, the PID 1 of its
+	// namespaces (0 until it runs).
+	InitPID int `json:"initPID,omitempty"`
 }
-
-// PodState is one pod namespace.
-type PodState struct {
-	Namespace   string `json:"namespace"`
-	Name        string `json:"name"`
-	Node        string `json:"node"`
-	NetNS       string `json:"netns"`
-	ContainerID string `json:"containerID"`
-	IP          string `json:"ip"`
-	HostIface   string `json:"hostIface"`
-	CommandPID  int    `json:"commandPID,omitempty"`
-	Log         string `json:"log,omitempty"`
-}
-
-// Key is the pod's NAMESPACE/NAME.
-func (p PodState) Key() string { return p.Namespace + "/" + p.Name }
 
 // Node returns the named node.
 func (s *State) Node(name string) (*NodeState, bool) {
 	for i := range s.Nodes {
 		if s.Nodes[i].Name == name {
 			return &s.Nodes[i], true
-		}
-	}
-	return nil, false
-}
-
-// Pod returns the pod NAMESPACE/NAME.
-func (s *State) Pod(key string) (*PodState, bool) {
-	for i := range s.Pods {
-		if s.Pods[i].Key() == key {
-			return &s.Pods[i], true
 		}
 	}
 	return nil, false

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -11,6 +12,9 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"pack.ag/tftp"
 )
 
@@ -131,4 +135,31 @@ func GetTFTP(server, file string, w io.Writer) (int64, error) {
 func tftpError(code uint16, msg string) []byte {
 	b := binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(nil, 5), code)
 	return append(append(b, msg...), 0)
+}
+
+// TFTPServerScript is the toolbox's TFTP server as the article's pods run
+// it: tftpd-hpa serving /srv/tftp, its log written to the container's
+// output by busybox's syslogd (`kubectl logs` shows "RRQ from IP filename
+// F"). It refuses the transfer-size option (RFC 2349) that busybox's client
+// asks for: the article's exchange is plain RFC 1350, 1 RRQ, 4 DATA and 4
+// ACK, without an option acknowledgement in front.
+const TFTPServerScript = "syslogd -n -O - & exec in.tftpd --foreground --address :69 --secure --verbose --refuse tsize --user nobody /srv/tftp"
+
+// AddTFTPServer runs the toolbox's TFTP server in a pod, serving DemoFile
+// from the ConfigMap tftp-files of the pod's namespace (made if missing).
+func (c *Client) AddTFTPServer(ctx context.Context, spec PodSpec) (*PodState, error) {
+	if err := c.ensureNamespace(ctx, spec.Namespace); err != nil {
+		return nil, err
+	}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "tftp-files", Namespace: spec.Namespace},
+		BinaryData: map[string][]byte{DemoFile: DemoContent()}}
+	if _, err := c.Kube.CoreV1().ConfigMaps(spec.Namespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("creating ConfigMap tftp-files: %w", err)
+	}
+	spec.Command = []string{"sh", "-c", TFTPServerScript}
+	pod := PodObject(spec)
+	pod.Spec.Volumes = []corev1.Volume{{Name: "files", VolumeSource: corev1.VolumeSource{
+		ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "tftp-files"}}}}}
+	pod.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "files", MountPath: "/srv/tftp"}}
+	return c.CreatePod(ctx, pod)
 }

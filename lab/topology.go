@@ -84,16 +84,39 @@ func setupUnderlay() error {
 }
 
 // setupNode creates a node namespace wired to the underlay bridge by its
-// NIC, with its address and default route.
+// NIC, with its address, its default route, and IPv4 forwarding on, as
+// kubeadm's preflight wants a node.
 func setupNode(name string, ip netip.Addr) error {
-	if err := ensureNetNS(name); err != nil {
-		return err
-	}
 	// The veth's underlay end is named after the node, so `ip link` in the
 	// router shows who is who; names are limited to 15 bytes.
 	peer := name
 	if len(peer) > 15 {
 		peer = peer[len(peer)-15:]
+	}
+	if err := attachToUnderlay(name, peer, ip); err != nil {
+		return err
+	}
+	return inNetNS(name, func() error {
+		l, err := netlink.LinkByName(NICName)
+		if err != nil {
+			return err
+		}
+		if err := sysctl("net/ipv4/ip_forward", "1"); err != nil {
+			return err
+		}
+		// A default route, as real nodes have: proxy ARP on a cali*
+		// interface answers for 169.254.1.1 only when the node has a
+		// route to it.
+		return ensureRoute(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: mustCIDR("0.0.0.0/0"), Gw: net.ParseIP(RouterIP)})
+	})
+}
+
+// attachToUnderlay creates namespace name (unless it exists) and wires it
+// to the underlay bridge: its NIC with address ip/24, the bridge's port
+// named peer.
+func attachToUnderlay(name, peer string, ip netip.Addr) error {
+	if err := ensureNetNS(name); err != nil {
+		return err
 	}
 	err := inNetNS(UnderlayNS, func() error {
 		if err := ensureVethTo(peer, NICName, name); err != nil {
@@ -113,9 +136,9 @@ func setupNode(name string, ip netip.Addr) error {
 		return netlink.LinkSetUp(l)
 	})
 	if err != nil {
-		return fmt.Errorf("wiring node %s to the underlay: %w", name, err)
+		return fmt.Errorf("wiring %s to the underlay: %w", name, err)
 	}
-	return inNetNS(name, func() error {
+	err = inNetNS(name, func() error {
 		l, err := netlink.LinkByName(NICName)
 		if err != nil {
 			return err
@@ -123,14 +146,12 @@ func setupNode(name string, ip netip.Addr) error {
 		if err := ensureAddr(l, ip.String()+"/24"); err != nil {
 			return err
 		}
-		if err := netlink.LinkSetUp(l); err != nil {
-			return err
-		}
-		// A default route, as real nodes have: proxy ARP on a cali*
-		// interface answers for 169.254.1.1 only when the node has a
-		// route to it.
-		return ensureRoute(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: mustCIDR("0.0.0.0/0"), Gw: net.ParseIP(RouterIP)})
+		return netlink.LinkSetUp(l)
 	})
+	if err != nil {
+		return fmt.Errorf("addressing %s: %w", name, err)
+	}
+	return nil
 }
 
 // ensureVethTo creates a veth pair whose end `local` stays in the calling

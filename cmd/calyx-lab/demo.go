@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/calyx-net/calyx/lab"
@@ -16,7 +17,7 @@ func cmdDemo(args []string) error {
 	var c common
 	c.register(fs)
 	keep := fs.Bool("keep", false, "leave the lab up afterwards")
-	outDir := fs.String("out", ".", "where to write clientNode.pcap and serverNode.pcap")
+	outDir := fs.String("out", filepath.Join(os.TempDir(), "calyx-demo"), "where to write clientNode.pcap and serverNode.pcap")
 	datapath := fs.String("ipip-datapath", "auto", "the agents' tunl0 datapath: auto, kernel or ebpf")
 	if err := fs.Parse(args); err != nil {
 		return err

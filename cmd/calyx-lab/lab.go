@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/calyx-net/calyx/lab"
+	"github.com/calyx-net/calyx/lab/node"
 )
 
 // common are the flags every command takes.
@@ -49,7 +50,9 @@ func cmdUp(args []string) error {
 	var c common
 	c.register(fs)
 	workers := fs.Int("workers", 2, "number of worker nodes")
-	datapath := fs.String("ipip-datapath", "auto", "the agents' tunl0 datapath: auto, kernel or ebpf")
+	datapath := fs.String("ipip-datapath", "auto", "calyx-node's tunl0 datapath: auto, kernel or ebpf")
+	var runtimes runtimeFlag
+	fs.Var(&runtimes, "runtime", "NODE=containerd-1.6|containerd-2: a node's container runtime (repeatable; default 1.6 on learn-k8s-2, 2 elsewhere)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -76,8 +79,11 @@ func cmdUp(args []string) error {
 	}
 	defer log.Close()
 	self, _ := os.Executable()
-	sup := exec.Command(self, "supervise", "--dir", c.dir, "--bin-dir", c.binDir,
-		"--workers", fmt.Sprint(*workers), "--ipip-datapath", *datapath)
+	supArgs := []string{"supervise", "--dir", c.dir, "--bin-dir", c.binDir, "--workers", fmt.Sprint(*workers), "--ipip-datapath", *datapath}
+	for n, r := range runtimes {
+		supArgs = append(supArgs, "--runtime", n+"="+string(r))
+	}
+	sup := exec.Command(self, supArgs...)
 	sup.Stdout, sup.Stderr = log, log
 	sup.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := sup.Start(); err != nil {
@@ -125,13 +131,15 @@ func cmdSupervise(args []string) error {
 	c.register(fs)
 	workers := fs.Int("workers", 2, "")
 	datapath := fs.String("ipip-datapath", "auto", "")
+	var runtimes runtimeFlag
+	fs.Var(&runtimes, "runtime", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	l, err := lab.Up(ctx, lab.Options{
-		Dir: c.dir, Workers: *workers, BinDir: c.binDir, Datapath: *datapath, Progress: os.Stdout,
+		Dir: c.dir, Workers: *workers, BinDir: c.binDir, Datapath: *datapath, Runtimes: runtimes, Progress: os.Stdout,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
@@ -172,40 +180,34 @@ func cmdStatus(args []string) error {
 	if err != nil {
 		return err
 	}
+	client, err := lab.NewClient(c.dir)
+	if err != nil {
+		return err
+	}
 	ctx := context.Background()
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "NODE\tUNDERLAY IP\tAGENT\tKUBE-PROXY\n")
+	fmt.Fprintf(w, "NODE\tUNDERLAY IP\tRUNTIME\tCALYX-AGENT\tKUBE-PROXY\n")
 	for _, n := range s.Nodes {
 		ready, msg := lab.AgentReady(ctx, n.NetNS)
 		state := "ready"
 		if !ready {
 			state = "not ready: " + msg
 		}
-		proxy := "-"
-		if n.Name != lab.ControlPlaneNode {
-			if mode, err := lab.ProxyMode(ctx, n.NetNS); err != nil {
-				proxy = "not answering: " + err.Error()
-			} else {
-				proxy = mode + " mode"
-			}
+		proxy := "not answering"
+		if mode, err := lab.ProxyMode(ctx, n.NetNS); err == nil {
+			proxy = mode + " mode"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", n.Name, n.IP, state, proxy)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.IP, n.Runtime, state, proxy)
 	}
 	w.Flush()
-	fmt.Println()
-	w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "POD\tNODE\tIP\tHOST IFACE\tNETNS\n")
-	for _, p := range s.Pods {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", p.Key(), p.Node, p.IP, p.HostIface, p.NetNS)
-	}
-	w.Flush()
-	fmt.Printf("\nkubeconfig: %s\n", s.Kubeconfig)
-	return nil
+	pods, err := client.Kubectl(ctx, nil, "get", "pods", "-A", "-o", "wide")
+	fmt.Printf("\n$ kubectl get pods -A -o wide\n%s\nkubeconfig: %s\n", pods, s.Kubeconfig)
+	return err
 }
 
 func cmdPod(args []string) error {
 	if len(args) < 2 || (args[0] != "add" && args[0] != "del") {
-		return errors.New("usage: calyx-lab pod add NS/NAME --node NODE [--label k=v] [-- COMMAND…] | pod del NS/NAME")
+		return errors.New("usage: calyx-lab pod add NS/NAME --node NODE [--label k=v] [--image IMAGE] [-- COMMAND…] | pod del NS/NAME")
 	}
 	verb, key := args[0], args[1]
 	ns, name, ok := strings.Cut(key, "/")
@@ -218,6 +220,7 @@ func cmdPod(args []string) error {
 	node := fs.String("node", "", "the node to run the pod on")
 	var labels labelFlag
 	fs.Var(&labels, "label", "a pod label k=v (repeatable)")
+	image := fs.String("image", lab.Toolbox, "the pod's image (it must be on the node: nothing can be pulled)")
 	if err := fs.Parse(args[2:]); err != nil {
 		return err
 	}
@@ -239,11 +242,11 @@ func cmdPod(args []string) error {
 	if *node == "" {
 		return errors.New("--node is required: the node to run the pod on (calyx-lab status lists them)")
 	}
-	p, err := client.AddPod(ctx, lab.PodSpec{Namespace: ns, Name: name, Node: *node, Labels: labels, Command: fs.Args()})
+	p, err := client.AddPod(ctx, lab.PodSpec{Namespace: ns, Name: name, Node: *node, Labels: labels, Image: *image, Command: fs.Args()})
 	if err != nil {
 		return err
 	}
-	fmt.Println(p.IP)
+	fmt.Printf("%s on %s, host side %s\n", p.IP, p.Node, p.HostIface)
 	return nil
 }
 
@@ -349,4 +352,47 @@ func (p *portsFlag) Set(v string) error {
 	}
 	*p = append(*p, v)
 	return nil
+}
+
+type runtimeFlag map[string]node.Runtime
+
+func (r *runtimeFlag) String() string { return fmt.Sprint(map[string]node.Runtime(*r)) }
+func (r *runtimeFlag) Set(v string) error {
+	n, rt, ok := strings.Cut(v, "=")
+	if !ok {
+		return fmt.Errorf("runtime %q: want NODE=RUNTIME, e.g. learn-k8s-3=containerd-1.6", v)
+	}
+	parsed, err := node.ParseRuntime(rt)
+	if err != nil {
+		return err
+	}
+	if *r == nil {
+		*r = runtimeFlag{}
+	}
+	(*r)[n] = parsed
+	return nil
+}
+
+// cmdKubectl runs the real kubectl against the lab.
+func cmdKubectl(args []string) {
+	client, err := lab.NewClient(lab.DefaultDir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "calyx-lab kubectl: %v\n", err)
+		os.Exit(1)
+	}
+	cmd, err := client.KubectlCommand(context.Background(), args...)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "calyx-lab kubectl: %v\n", err)
+		os.Exit(1)
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.ExitCode())
+		}
+		fmt.Fprintf(os.Stderr, "calyx-lab kubectl: %v\n", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
 }

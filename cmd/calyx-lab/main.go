@@ -6,19 +6,27 @@ package main
 import (
 	"fmt"
 	"os"
+
+	"github.com/calyx-net/calyx/lab/node"
 )
 
 const usage = `calyx-lab: a Kubernetes cluster in network namespaces, with calyx as its pod network
 
-  calyx-lab up [--workers N]                 start the lab (control plane learn-k8s-1, workers learn-k8s-2…)
-  calyx-lab down                             remove every namespace, process and file of the lab
-  calyx-lab status                           nodes, pods, addresses, agents' readiness
-  calyx-lab pod add NS/NAME --node NODE [--label k=v] [-- COMMAND ARGS…]
+  calyx-lab up [--workers N] [--runtime NODE=containerd-1.6|containerd-2]
+                                             start the lab (control plane learn-k8s-1, workers learn-k8s-2…):
+                                             kubelet and containerd on every node, calyx from deploy/calyx.yaml
+  calyx-lab down                             remove every namespace, process, mount, cgroup and file of the lab
+  calyx-lab status                           nodes, their runtimes, agents' and kube-proxies' readiness, pods
+  calyx-lab pod add NS/NAME --node NODE [--label k=v] [--image IMAGE] [-- COMMAND ARGS…]
+                                             a Pod (toolbox image: busybox and tftpd-hpa) on NODE
   calyx-lab pod del NS/NAME
   calyx-lab service add NS/NAME --selector k=v --port 69/UDP [--cluster-ip IP] [--annotation k=v]
                                              a ClusterIP Service; prints its ClusterIP
   calyx-lab service del NS/NAME
-  calyx-lab exec NODE|NS/NAME -- COMMAND…    run a command in a node's or pod's network namespace
+  calyx-lab exec NODE -- COMMAND…            run a command on a node (its network, mount and PID namespaces)
+  calyx-lab exec NS/NAME -- COMMAND…         run a host program in a pod's network namespace (kubectl exec
+                                             runs the pod's own programs)
+  calyx-lab kubectl ARGS…                    the real kubectl, pointed at the lab
   calyx-lab demo [--keep]                    the TFTP journey across two nodes, captured on every hop
 
 Common flags: --dir (default /run/calyx-lab), --bin-dir (default: this binary's directory).
@@ -49,6 +57,10 @@ func main() {
 		cmdExec(args) // exits with the command's code
 	case "demo":
 		err = cmdDemo(args)
+	case "kubectl":
+		cmdKubectl(args) // exits with kubectl's code
+	case "node-init":
+		os.Exit(node.InitMain(args))
 	case "tftp-server":
 		err = cmdTFTPServer(args)
 	case "tftp-get":

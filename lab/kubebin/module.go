@@ -17,6 +17,8 @@ type Module struct {
 	Name, Version string
 	// Packages are the main packages to install, without the version.
 	Packages []string
+	// Ldflags are added to the link: the version the programs report.
+	Ldflags string
 }
 
 // Containerd is containerd 2.x: the daemon, its runc shim and ctr. The lab
@@ -30,6 +32,9 @@ var Containerd = Module{
 		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
 		"github.com/containerd/containerd/v2/cmd/ctr",
 	},
+	// What `containerd --version` and the CRI (kubectl get nodes -o
+	// wide) report; go install leaves it "+unknown".
+	Ldflags: "-X github.com/containerd/containerd/v2/version.Version=2.2.9",
 }
 
 // EnsureModule returns the directory that holds m's programs, statically
@@ -74,7 +79,7 @@ func EnsureModule(ctx context.Context, m Module, progress io.Writer) (string, er
 		return "", err
 	}
 	defer os.RemoveAll(tmp)
-	args := []string{"install", "-v", "-trimpath", "-ldflags=-s -w"}
+	args := []string{"install", "-v", "-trimpath", "-ldflags=-s -w " + m.Ldflags}
 	for _, p := range m.Packages {
 		args = append(args, p+"@"+m.Version)
 	}

@@ -1,6 +1,8 @@
 // Package e2e runs calyx end to end on the lab: a real control plane, real
-// agents in node namespaces, pods wired by the real plugins through libcni,
-// and real traffic between them, checked the way a user checks it.
+// nodes (kubelet and containerd: Debian's 1.6 on learn-k8s-2, 2.x on the
+// others), calyx installed from deploy/calyx.yaml and kube-proxy as
+// kubeadm's DaemonSet, and real traffic between pods the kubelets made,
+// checked the way a user checks it.
 //
 // The lab uses fixed namespace names (learn-k8s-1 …): these tests cannot
 // run while a lab of `calyx-lab up` is up on the same machine.
@@ -9,11 +11,13 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,71 +26,141 @@ import (
 	"github.com/calyx-net/calyx/lab"
 )
 
-var binDir string
+var (
+	binDir string
+
+	shared struct {
+		once sync.Once
+		l    *lab.Lab
+		dir  string
+		err  error
+	}
+)
 
 func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
 	dir, err := os.MkdirTemp("", "calyx-e2e-bin-")
 	if err != nil {
-		panic(err)
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
+	defer os.RemoveAll(dir)
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(file), "..", "..")
 	if err := lab.BuildBinaries(context.Background(), root, dir, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		return 1
 	}
 	binDir = dir
+	mountsBefore := mounts()
 	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	if shared.l != nil {
+		if err := shared.l.Down(); err != nil {
+			fmt.Fprintf(os.Stderr, "taking the shared lab down: %v\n", err)
+			code = 1
+		}
+		if left := leftOver(shared.dir, mountsBefore); len(left) > 0 {
+			fmt.Fprintf(os.Stderr, "the shared lab left behind:\n  %s\n", strings.Join(left, "\n  "))
+			code = 1
+		}
+		os.RemoveAll(filepath.Dir(shared.dir))
+	}
+	return code
+}
+
+// sharedLab is the lab TestLab, TestService and the upgrade tests share:
+// it comes up with the first of them and goes down after the last, when
+// TestMain checks it left nothing behind.
+func sharedLab(t *testing.T) *lab.Lab {
+	t.Helper()
+	shared.once.Do(func() {
+		waitNoLab(t, 3*time.Minute)
+		tmp, err := os.MkdirTemp("", "calyx-e2e-lab-")
+		if err != nil {
+			shared.err = err
+			return
+		}
+		shared.dir = filepath.Join(tmp, "lab")
+		begin := time.Now()
+		shared.l, shared.err = lab.Up(context.Background(), lab.Options{Dir: shared.dir, BinDir: binDir, Progress: testWriter{t}})
+		t.Logf("the shared lab came up in %s", time.Since(begin).Round(time.Millisecond))
+	})
+	if shared.err != nil {
+		t.Fatalf("bringing the lab up: %v", shared.err)
+	}
+	return shared.l
 }
 
 // labNamespaces lists the network namespaces of a lab that exist.
-func labNamespaces(t *testing.T) []string {
-	t.Helper()
-	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip netns list: %v\n%s", err, out)
-	}
+func labNamespaces() []string {
+	out, _ := exec.Command("ip", "netns", "list").CombinedOutput()
 	var found []string
 	for _, l := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(l, " ")
-		if strings.HasPrefix(name, "learn-k8s-") || strings.HasPrefix(name, "calyx-lab-") || strings.HasPrefix(name, "pod-") {
+		if strings.HasPrefix(name, "learn-k8s-") || strings.HasPrefix(name, "calyx-lab-") {
 			found = append(found, name)
 		}
 	}
 	return found
 }
 
-func requireNoLab(t *testing.T) {
+// waitNoLab waits while another lab (of another test run) is up, then
+// fails if it does not go.
+func waitNoLab(t *testing.T, timeout time.Duration) {
 	t.Helper()
-	if ns := labNamespaces(t); len(ns) > 0 {
+	deadline := time.Now().Add(timeout)
+	for len(labNamespaces()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(3 * time.Second)
+	}
+	if ns := labNamespaces(); len(ns) > 0 {
 		t.Fatalf("a lab is already up (%v): run `calyx-lab down` before the tests", ns)
 	}
 }
 
-// assertNothingLeft checks what a user checks after `calyx-lab down`.
-func assertNothingLeft(t *testing.T, dir string) {
-	t.Helper()
-	if ns := labNamespaces(t); len(ns) > 0 {
-		t.Errorf("network namespaces left behind: %v", ns)
+// mounts is the host's mount table, as a user would compare it.
+func mounts() string {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	return string(b)
+}
+
+// leftOver is what a user would find after `calyx-lab down` and should
+// not: namespaces, the lab's directory, its processes (every node's init
+// names the directory), cgroups, mounts that were not there before.
+func leftOver(dir, mountsBefore string) []string {
+	var left []string
+	if ns := labNamespaces(); len(ns) > 0 {
+		left = append(left, fmt.Sprintf("network namespaces %v", ns))
 	}
 	if _, err := os.Stat(dir); err == nil {
-		t.Errorf("%s left behind", dir)
+		left = append(left, dir)
 	}
-	out, _ := exec.Command("pgrep", "-f", dir).CombinedOutput()
-	if s := strings.TrimSpace(string(out)); s != "" {
-		t.Errorf("processes of the lab left behind: %s", s)
+	if out, _ := exec.Command("pgrep", "-a", "-f", dir).CombinedOutput(); len(strings.TrimSpace(string(out))) > 0 {
+		left = append(left, "processes: "+strings.TrimSpace(string(out)))
 	}
+	filepath.WalkDir("/sys/fs/cgroup", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && d.Name() == "calyx-lab" {
+			left = append(left, "cgroup "+p)
+			return filepath.SkipDir
+		}
+		return nil
+	})
+	if now := mounts(); now != mountsBefore {
+		left = append(left, fmt.Sprintf("the host's mount table changed:\nbefore:\n%s\nafter:\n%s", mountsBefore, now))
+	}
+	return left
 }
 
 // TestDemo runs `make demo`'s scenario and checks it reports success and
 // cleans up after itself.
 func TestDemo(t *testing.T) {
-	requireNoLab(t)
+	waitNoLab(t, 3*time.Minute)
 	dir := filepath.Join(t.TempDir(), "lab")
 	out := t.TempDir()
 	var log strings.Builder
+	before := mounts()
 	begin := time.Now()
 	// A relative binary directory, as `make demo` passes bin/.
 	wd, _ := os.Getwd()
@@ -100,16 +174,49 @@ func TestDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("demo took %s", time.Since(begin).Round(time.Millisecond))
-	for _, want := range []string{"via 10.10.100.208 dev tunl0 proto calyx onlink", "eth:ip:ip:udp:tftp", "outer 10.10.100.209 → 10.10.100.208 proto 4",
+	for _, want := range []string{
+		"calyx-node-", "kube-proxy-", // kubectl get pods -A
+		"via 10.10.100.208 dev tunl0 proto calyx onlink", "eth:ip:ip:udp:tftp", "outer 10.10.100.209 → 10.10.100.208 proto 4",
+		"kubectl logs deployment/tftp-server", "RRQ from 192.168.",
 		// The Service: kube-proxy's chains, the request to the ClusterIP.
-		"KUBE-SERVICES → KUBE-SVC-", "-j DNAT --to-destination 192.168.", "→ 10.96.62.142:69  RRQ test.bin"} {
+		"KUBE-SERVICES → KUBE-SVC-", "-j DNAT --to-destination 192.168.", "→ 10.96.62.142:69  RRQ test.bin",
+	} {
 		if !strings.Contains(log.String(), want) {
 			t.Errorf("the demo's output lacks %q", want)
 		}
 	}
-	// tcpdump, an independent reader, agrees with the demo about the pcap.
+	// kubectl get pods -A -o wide, as the demo printed it: calyx-node
+	// Running on every node, the article's pods on theirs.
+	running := map[string]string{}
+	for _, line := range strings.Split(log.String(), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 8 && f[3] == "Running" {
+			name := f[1]
+			for _, owned := range []string{"calyx-node", "tftp-server"} {
+				if strings.HasPrefix(name, owned+"-") {
+					name = owned
+				}
+			}
+			running[name+" on "+f[7]] = f[2]
+		}
+	}
+	for _, want := range []string{"calyx-node on learn-k8s-1", "calyx-node on learn-k8s-2", "calyx-node on learn-k8s-3", "tftp-server on learn-k8s-2", "tftp-client on learn-k8s-3"} {
+		if running[want] != "1/1" {
+			t.Errorf("kubectl get pods -A -o wide in the demo's output: no %s Running 1/1 (%v)", want, running)
+		}
+	}
+	checkPcaps(t, out)
+	if left := leftOver(dir, before); len(left) > 0 {
+		t.Errorf("the demo left behind:\n  %s", strings.Join(left, "\n  "))
+	}
+}
+
+// checkPcaps reads the demo's captures with tcpdump, an independent
+// reader.
+func checkPcaps(t *testing.T, dir string) {
+	t.Helper()
 	for _, f := range []string{"clientNode.pcap", "serverNode.pcap"} {
-		b, err := exec.Command("tcpdump", "-nr", filepath.Join(out, f)).CombinedOutput()
+		b, err := exec.Command("tcpdump", "-nr", filepath.Join(dir, f)).CombinedOutput()
 		if err != nil {
 			t.Fatalf("tcpdump -r %s: %v\n%s", f, err, b)
 		}
@@ -124,128 +231,6 @@ func TestDemo(t *testing.T) {
 			t.Errorf("%s: tcpdump does not see the RRQ:\n%s", f, text)
 		}
 	}
-	assertNothingLeft(t, dir)
-}
-
-// TestLab checks the paths a pod's packets take, with independent tools
-// (ping, tftp-hpa, tftpd-hpa) as well as the lab's own.
-func TestLab(t *testing.T) {
-	l, dir, root := upLab(t)
-	ctx := context.Background()
-	c := l.Client()
-	add := func(ns, name, node string, cmd ...string) *lab.PodState {
-		t.Helper()
-		p, err := c.AddPod(ctx, lab.PodSpec{Namespace: ns, Name: name, Node: node, Command: cmd})
-		if err != nil {
-			t.Fatalf("adding %s/%s: %v", ns, name, err)
-		}
-		return p
-	}
-	// tftpd-hpa, as PXE setups run it, in a pod on learn-k8s-2.
-	server := add("default", "tftpd", "learn-k8s-2", "/usr/sbin/in.tftpd", "--foreground", "--listen", "--address", ":69", "--secure", root)
-	peer := add("default", "peer", "learn-k8s-2")
-	client := add("default", "client", "learn-k8s-3")
-	time.Sleep(300 * time.Millisecond) // in.tftpd binds
-
-	run := func(target string, argv ...string) string {
-		t.Helper()
-		out, err := c.Output(ctx, target, argv...)
-		if err != nil {
-			t.Errorf("%v", err)
-		}
-		return out
-	}
-	t.Run("ping", func(t *testing.T) {
-		for _, tc := range []struct{ from, to, what string }{
-			{"default/peer", server.IP, "pod to pod on one node"},
-			{"default/client", server.IP, "pod to pod across nodes"},
-			{"default/tftpd", client.IP, "pod to pod across nodes, the other way"},
-			{"learn-k8s-2", client.IP, "node to a pod on another node"},
-			{"learn-k8s-3", client.IP, "node to its own pod"},
-		} {
-			if _, err := c.Output(ctx, tc.from, "ping", "-c", "2", "-W", "2", tc.to); err != nil {
-				t.Errorf("%s (%s → %s): %v", tc.what, tc.from, tc.to, err)
-			}
-		}
-	})
-	t.Run("tftp-hpa against tftpd-hpa across nodes", func(t *testing.T) {
-		got := filepath.Join(dir, "hpa.bin")
-		run("default/client", "tftp", "-m", "binary", server.IP, "-c", "get", lab.DemoFile, got)
-		assertFile(t, got)
-	})
-	t.Run("the lab's client against tftpd-hpa", func(t *testing.T) {
-		got := filepath.Join(dir, "lab.bin")
-		run("default/client", filepath.Join(binDir, "calyx-lab"), "tftp-get", "--server", server.IP, "--file", lab.DemoFile, "--out", got)
-		assertFile(t, got)
-	})
-	t.Run("pod to the internet is masqueraded to the node IP", func(t *testing.T) {
-		cp, err := lab.StartCapture(lab.InternetNS, "eth0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, pingErr := c.Output(ctx, "default/client", "ping", "-c", "2", "-W", "2", lab.InternetIP)
-		packets := cp.Stop()
-		if pingErr != nil {
-			t.Fatalf("ping from a pod to %s: %v", lab.InternetIP, pingErr)
-		}
-		var sources []string
-		for _, p := range packets {
-			d := lab.Dissect(cp.LinkType(), p.Data)
-			if d.Dst == lab.InternetIP && strings.HasSuffix(d.Stack, "icmp") {
-				sources = append(sources, d.Src)
-			}
-		}
-		if len(sources) == 0 {
-			t.Fatal("no ICMP reached the internet namespace")
-		}
-		for _, s := range sources {
-			if s != "10.10.100.209" {
-				t.Errorf("the internet saw source %s, want the node's 10.10.100.209 (the pod's %s masqueraded)", s, client.IP)
-			}
-		}
-	})
-	t.Run("deleting a pod frees its address and host veth", func(t *testing.T) {
-		blocksBefore := allocations(t, l)
-		if err := c.DelPod(ctx, "default/peer"); err != nil {
-			t.Fatal(err)
-		}
-		after := allocations(t, l)
-		if len(after) != len(blocksBefore)-1 {
-			t.Errorf("%d allocations after deleting a pod, want %d", len(after), len(blocksBefore)-1)
-		}
-		if out, err := c.Output(ctx, "learn-k8s-2", "ip", "link", "show", peer.HostIface); err == nil {
-			t.Errorf("host veth %s is still there:\n%s", peer.HostIface, out)
-		}
-		if out := run("learn-k8s-2", "ip", "route"); strings.Contains(out, peer.IP+" dev") {
-			t.Errorf("the route to %s is still there:\n%s", peer.IP, out)
-		}
-	})
-	if err := l.Down(); err != nil {
-		t.Errorf("down: %v", err)
-	}
-	assertNothingLeft(t, dir)
-}
-
-// upLab starts a lab for t, once no other lab is up, with the demo's file
-// in a TFTP root. It goes down when t ends; a test may take it down
-// itself first, a second Down does nothing.
-func upLab(t *testing.T) (l *lab.Lab, dir, root string) {
-	t.Helper()
-	waitNoLab(t, 3*time.Minute)
-	dir = filepath.Join(t.TempDir(), "lab")
-	l, err := lab.Up(context.Background(), lab.Options{Dir: dir, BinDir: binDir, Progress: testWriter{t}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Down() })
-	root = filepath.Join(dir, "tftp-root")
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, lab.DemoFile), lab.DemoContent(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return l, dir, root
 }
 
 func assertFile(t *testing.T, path string) {
@@ -259,7 +244,7 @@ func assertFile(t *testing.T, path string) {
 	}
 }
 
-// allocations lists the allocated pod addresses.
+// allocations lists the allocated pod addresses, as block+ordinal.
 func allocations(t *testing.T, l *lab.Lab) []string {
 	t.Helper()
 	blocks, err := l.Calyx.CalyxV1alpha1().IPAMBlocks().List(context.Background(), metav1.ListOptions{})
@@ -282,4 +267,19 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, fn func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, last := fn()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after %s; last seen:\n%s", what, timeout, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

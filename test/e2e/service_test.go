@@ -20,31 +20,20 @@ const (
 	clusterIP  = "10.96.62.142"
 )
 
-// waitNoLab waits while another lab (of another test run) is up, then
-// fails if it does not go.
-func waitNoLab(t *testing.T, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for len(labNamespaces(t)) > 0 && time.Now().Before(deadline) {
-		time.Sleep(3 * time.Second)
-	}
-	requireNoLab(t)
-}
-
 // TestService downloads through the ClusterIP kube-proxy programs, the
 // article's path: kube-proxy's DNAT to the pod IP on the client's node,
 // then calyx's tunnel to the server's node.
 func TestService(t *testing.T) {
-	for _, b := range []string{"atftp", "tftp", "in.tftpd"} {
+	for _, b := range []string{"atftp", "tftp"} {
 		if _, err := exec.LookPath(b); err != nil {
-			t.Fatalf("%s is needed (apt-get install atftp tftp-hpa tftpd-hpa): %v", b, err)
+			t.Fatalf("%s is needed (apt-get install atftp tftp-hpa): %v", b, err)
 		}
 	}
-	l, dir, root := upLab(t)
+	l := sharedLab(t)
+	dir := t.TempDir()
 	ctx := context.Background()
 	c := l.Client()
-	tftpd := []string{"/usr/sbin/in.tftpd", "--foreground", "--listen", "--address", ":69", "--secure", root}
-	server, err := c.AddPod(ctx, lab.PodSpec{Namespace: "default", Name: "tftpd", Node: "learn-k8s-2", Labels: map[string]string{"app": "tftpd"}, Command: tftpd})
+	server, err := c.AddTFTPServer(ctx, lab.PodSpec{Namespace: "default", Name: "tftpd", Node: "learn-k8s-2", Labels: map[string]string{"app": "tftpd"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +165,7 @@ func TestService(t *testing.T) {
 		})
 	})
 	t.Run("two server pods on two nodes share 20 downloads", func(t *testing.T) {
-		server2, err := c.AddPod(ctx, lab.PodSpec{Namespace: "default", Name: "tftpd-2", Node: "learn-k8s-3", Labels: map[string]string{"app": "tftpd"}, Command: tftpd})
+		server2, err := c.AddTFTPServer(ctx, lab.PodSpec{Namespace: "default", Name: "tftpd-2", Node: "learn-k8s-3", Labels: map[string]string{"app": "tftpd"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,23 +231,4 @@ func TestService(t *testing.T) {
 			})
 		}
 	})
-	if err := l.Down(); err != nil {
-		t.Errorf("down: %v", err)
-	}
-	assertNothingLeft(t, dir)
-}
-
-func waitFor(t *testing.T, timeout time.Duration, what string, fn func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := fn()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s after %s; last seen:\n%s", what, timeout, last)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }

@@ -124,7 +124,7 @@ func labNamespaces() []string {
 	var found []string
 	for _, l := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(l, " ")
-		if strings.HasPrefix(name, "learn-k8s-") || strings.HasPrefix(name, "calyx-lab-") || strings.HasPrefix(name, "pod-") {
+		if strings.HasPrefix(name, "learn-k8s-") || strings.HasPrefix(name, "calyx-lab-") {
 			found = append(found, name)
 		}
 	}

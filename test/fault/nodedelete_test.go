@@ -16,16 +16,17 @@ import (
 	"github.com/calyx-net/calyx/lab"
 )
 
-// TestNodeDeleted retires a machine: its agent dies with it and its Node
-// is deleted from the API, as `kubectl delete node` does. Every other
+// TestNodeDeleted retires a machine: it is turned off (its kubelet,
+// runtime, calyx-node and pods end at once) and its Node is deleted from
+// the API, as `kubectl delete node` does. Every other
 // node's agent drops its routes to that node's blocks within a second, so
 // no pod traffic goes on to a machine that may get another job, and the
 // IPAM garbage collector (on another node) releases every address of the
 // node and deletes its blocks and affinity.
 //
-// It runs last in the package (its file sorts last; keep it so): the lab's
-// node is registered and its agent started again afterwards, with new
-// addresses.
+// It runs last in the package (its file sorts last; keep it so): the
+// lab's node boots again afterwards, registers anew and gets calyx-node
+// and new addresses.
 func TestNodeDeleted(t *testing.T) {
 	const within = time.Second
 	l := sharedLab(t)
@@ -62,18 +63,18 @@ func TestNodeDeleted(t *testing.T) {
 		t.Logf("%s: %d calyx routes via %s before the deletion", node, n, goneIP)
 	}
 
-	l.StopAgent(gone)
+	if err := l.StopNode(gone); err != nil {
+		t.Fatal(err)
+	}
 	begin := time.Now()
 	if err := l.DeleteNode(ctx, gone); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		// Give the lab its node back: the kubelet would register it again.
-		if err := l.RegisterNode(context.Background(), gone); err != nil {
-			t.Errorf("registering %s again: %v", gone, err)
-		}
-		if err := l.StartAgent(context.Background(), gone); err != nil {
-			t.Errorf("starting %s's agent again: %v", gone, err)
+		// Give the lab its node back: it boots, its kubelet registers
+		// the Node again, and calyx-node comes back on it.
+		if err := l.StartNode(context.Background(), gone); err != nil {
+			t.Errorf("booting %s again: %v", gone, err)
 		}
 	})
 	var wg sync.WaitGroup

@@ -16,8 +16,8 @@ import (
 	"github.com/calyx-net/calyx/lab"
 )
 
-// labCluster is Cluster on the lab: nodes and pods are network
-// namespaces, run by calyx-lab's library.
+// labCluster is Cluster on the lab: real kubelets and containerd in
+// network namespaces, calyx installed from deploy/calyx.yaml.
 type labCluster struct {
 	l   *lab.Lab
 	cfg *rest.Config
@@ -35,7 +35,7 @@ func (c *labCluster) RunPod(ctx context.Context, name, node string) (netip.Addr,
 }
 
 func (c *labCluster) ExecPod(ctx context.Context, pod string, argv ...string) (string, error) {
-	return c.l.Client().Output(ctx, "default/"+pod, argv...)
+	return c.l.Client().Exec(ctx, "default/"+pod, argv...)
 }
 
 func (c *labCluster) Routes(ctx context.Context, node string) (string, error) {
@@ -88,7 +88,7 @@ func waitNoLab(t *testing.T, timeout time.Duration) {
 		var found []string
 		for _, l := range strings.Split(string(out), "\n") {
 			name, _, _ := strings.Cut(l, " ")
-			if strings.HasPrefix(name, "learn-k8s-") || strings.HasPrefix(name, "calyx-lab-") || strings.HasPrefix(name, "pod-") {
+			if strings.HasPrefix(name, "learn-k8s-") || strings.HasPrefix(name, "calyx-lab-") {
 				found = append(found, name)
 			}
 		}

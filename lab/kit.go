@@ -1,0 +1,143 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/calyx-net/calyx/lab/debpkg"
+	"github.com/calyx-net/calyx/lab/images"
+	"github.com/calyx-net/calyx/lab/kubebin"
+	"github.com/calyx-net/calyx/lab/node"
+)
+
+// kit is what the lab's nodes run, found in the cache or built once: the
+// Kubernetes binaries from the pinned module, the container runtimes, and
+// the images every node imports (no registry is reachable).
+type kit struct {
+	kubelet, scheduler, controllerManager, kubectl, kubeProxy string
+	runc                                                      string
+	// runtimes holds each runtime's directory of containerd, its shim
+	// and ctr.
+	runtimes map[node.Runtime]string
+	// images are the tarballs every node imports.
+	images []string
+	// kubeProxyImage is kube-proxy's image name in the lab's manifest.
+	kubeProxyImage string
+}
+
+// prepareKit gathers the kit. The first run builds the Kubernetes binaries
+// and containerd 2 (minutes, with progress) and fetches Debian's
+// containerd, runc and busybox-static; later runs find them in the cache.
+func (l *Lab) prepareKit(ctx context.Context) (*kit, error) {
+	k := &kit{runtimes: map[node.Runtime]string{}}
+	for _, b := range []struct {
+		name string
+		dst  *string
+	}{
+		{"kubelet", &k.kubelet}, {"kube-scheduler", &k.scheduler}, {"kube-controller-manager", &k.controllerManager},
+		{"kubectl", &k.kubectl}, {"kube-proxy", &k.kubeProxy},
+	} {
+		p, err := kubebin.Ensure(ctx, b.name, l.opts.Progress)
+		if err != nil {
+			return nil, err
+		}
+		*b.dst = p
+	}
+	if err := l.prepareRuntimes(ctx, k); err != nil {
+		return nil, err
+	}
+	return k, l.buildImages(ctx, k)
+}
+
+func (l *Lab) prepareRuntimes(ctx context.Context, k *kit) error {
+	for _, r := range l.runtimesUsed() {
+		switch r {
+		case node.Containerd2:
+			dir, err := kubebin.EnsureModule(ctx, kubebin.Containerd, l.opts.Progress)
+			if err != nil {
+				return err
+			}
+			k.runtimes[r] = dir
+		case node.Containerd16:
+			dir, err := debpkg.Ensure(ctx, "containerd", l.opts.Progress)
+			if err != nil {
+				return err
+			}
+			k.runtimes[r] = filepath.Join(dir, "usr", "bin")
+		}
+	}
+	dir, err := debpkg.Ensure(ctx, "runc", l.opts.Progress)
+	if err != nil {
+		return err
+	}
+	k.runc = filepath.Join(dir, "usr", "sbin", "runc")
+	return nil
+}
+
+// runtimesUsed are the distinct runtimes of the lab's nodes.
+func (l *Lab) runtimesUsed() []node.Runtime {
+	seen := map[node.Runtime]bool{}
+	var out []node.Runtime
+	for i := range l.opts.Workers + 1 {
+		if r := l.opts.runtime(i); !seen[r] {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// buildImages writes the tarballs of the lab's images into the lab's
+// directory: pause, the toolbox (busybox and tftpd-hpa), kube-proxy with
+// its iptables, and calyx from the lab's binaries, as `make image` does.
+func (l *Lab) buildImages(ctx context.Context, k *kit) error {
+	busybox, err := debpkg.Ensure(ctx, "busybox-static", l.opts.Progress)
+	if err != nil {
+		return err
+	}
+	tools, err := kubebin.ToolsDir()
+	if err != nil {
+		return err
+	}
+	version, err := kubebin.Version(tools)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(l.opts.Dir, "images")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	begin := time.Now()
+	builds := []struct {
+		file  string
+		build func() (string, v1.Image, error)
+	}{
+		{"pause.tar", func() (string, v1.Image, error) { return images.Pause(l.opts.BinDir) }},
+		{"toolbox.tar", func() (string, v1.Image, error) {
+			return images.Toolbox(filepath.Join(busybox, "bin", "busybox"), "/usr/sbin/in.tftpd")
+		}},
+		{"kube-proxy.tar", func() (string, v1.Image, error) { return images.KubeProxy(version, k.kubeProxy) }},
+		{"calyx.tar", func() (string, v1.Image, error) { return images.Calyx(l.opts.BinDir, images.CalyxTag) }},
+	}
+	for _, b := range builds {
+		tag, img, err := b.build()
+		if err != nil {
+			return fmt.Errorf("building the image %s: %w", b.file, err)
+		}
+		path := filepath.Join(dir, b.file)
+		if err := images.Write(path, tag, img); err != nil {
+			return err
+		}
+		if b.file == "kube-proxy.tar" {
+			k.kubeProxyImage = tag
+		}
+		k.images = append(k.images, path)
+	}
+	fmt.Fprintf(l.opts.Progress, "  images built in %s: %s\n", time.Since(begin).Round(time.Millisecond), dir)
+	return nil
+}
