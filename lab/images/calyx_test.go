@@ -3,6 +3,7 @@ package images
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -14,9 +15,15 @@ import (
 // are the binaries where the DaemonSet expects them, executable, owned
 // by root; the same binaries make the same image.
 func TestCalyx(t *testing.T) {
+	// Static ELF binaries, told apart by what follows the ELF: cmd/pause
+	// with each binary's name appended.
+	elf, err := os.ReadFile(filepath.Join(pauseBinDir(t), "pause"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	bin := t.TempDir()
 	for _, f := range calyxLayout {
-		if err := os.WriteFile(filepath.Join(bin, f.bin), []byte("binary "+f.bin), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(bin, f.bin), append(slices.Clone(elf), "binary "+f.bin...), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -45,7 +52,11 @@ func TestCalyx(t *testing.T) {
 		{"opt/calyx/cni/bin/portmap", 0o755, 0, "", "binary portmap"},
 		{"opt/calyx/cni/bin/loopback", 0o755, 0, "", "binary loopback"},
 	}
-	if diff := cmp.Diff(want, layerEntries(t, img, files)); diff != "" {
+	entries := layerEntries(t, img, files)
+	for i := range entries {
+		entries[i].Data = strings.TrimPrefix(entries[i].Data, string(elf))
+	}
+	if diff := cmp.Diff(want, entries); diff != "" {
 		t.Errorf("layer (-want +got):\n%s", diff)
 	}
 
@@ -58,6 +69,32 @@ func TestCalyx(t *testing.T) {
 	if d1 != d2 {
 		t.Errorf("two builds of the same binaries: digests %s and %s, want equal", d1, d2)
 	}
+}
+
+// A binary built with cgo (go build without CGO_ENABLED=0) would fail in
+// the container with a bare "no such file or directory": refused here,
+// with what to do.
+func TestCalyxDynamicBinary(t *testing.T) {
+	bin := t.TempDir()
+	elf, err := os.ReadFile(filepath.Join(pauseBinDir(t), "pause"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dynamic, err := os.ReadFile("/bin/ls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range calyxLayout {
+		b := elf
+		if f.bin == "calyx-ipam" {
+			b = dynamic
+		}
+		if err := os.WriteFile(filepath.Join(bin, f.bin), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _, err = Calyx(bin, CalyxTag)
+	wantError(t, err, "calyx-ipam is dynamically linked", "CGO_ENABLED=0")
 }
 
 func TestCalyxMissingBinary(t *testing.T) {

@@ -43,7 +43,11 @@ var calyxLayout = []struct{ bin, dir string }{
 func Calyx(binDir, tag string) (string, v1.Image, error) {
 	var files []File
 	for _, f := range calyxLayout {
-		files = append(files, File{Path: path.Join(f.dir, f.bin), Source: filepath.Join(binDir, f.bin), Mode: 0o755})
+		src := filepath.Join(binDir, f.bin)
+		if err := requireStatic(src, "calyx"); err != nil {
+			return "", nil, err
+		}
+		files = append(files, File{Path: path.Join(f.dir, f.bin), Source: src, Mode: 0o755})
 	}
 	img, err := Build(files, Config{
 		Entrypoint: []string{"/usr/local/bin/calyx-agent"},
@@ -60,15 +64,25 @@ func Calyx(binDir, tag string) (string, v1.Image, error) {
 // binDir, alone.
 func Pause(binDir string) (string, v1.Image, error) {
 	bin := filepath.Join(binDir, "pause")
-	dynamic, err := isDynamic(bin)
-	if err != nil {
-		return "", nil, fmt.Errorf("%w (run make build first: it builds cmd/pause)", err)
-	}
-	if dynamic {
-		return "", nil, fmt.Errorf("%s is dynamically linked, and the pause image holds no libraries: build it with CGO_ENABLED=0 (make build)", bin)
+	if err := requireStatic(bin, "pause"); err != nil {
+		return "", nil, err
 	}
 	img, err := Build([]File{{Path: "pause", Source: bin, Mode: 0o755}}, Config{Entrypoint: []string{"/pause"}})
 	return PauseTag, img, err
+}
+
+// requireStatic refuses a binary that loads shared libraries for an
+// image that holds none: in a container, exec of it fails with a bare
+// "no such file or directory" (its loader is missing).
+func requireStatic(bin, image string) error {
+	dynamic, err := isDynamic(bin)
+	if err != nil {
+		return fmt.Errorf("%w (run make build first)", err)
+	}
+	if dynamic {
+		return fmt.Errorf("%s is dynamically linked, and the %s image holds no libraries: build it with CGO_ENABLED=0 (make build does)", bin, image)
+	}
+	return nil
 }
 
 // toolboxEtc is what in.tftpd needs to drop to nobody: glibc looks the
