@@ -47,6 +47,7 @@ type Part struct {
 // AllParts in the order they run.
 var AllParts = []Part{
 	{Name: "cni", NeedsLab: true, Run: runCNI},
+	{Name: "podstart", NeedsLab: true, Run: runPodStart},
 	{Name: "burst", NeedsLab: true, Run: runBurst},
 	{Name: "converge", NeedsLab: true, Run: runConverge},
 	{Name: "datapath", NeedsLab: true, Run: runDatapath},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -28,7 +29,12 @@ type cniSetup struct {
 // wrote it: calyx with calyx-ipam (and whatever the IPAM talks to), then
 // portmap, run from the host on the node's files.
 func calyxSetup(e *Env, node string) (*cniSetup, error) {
-	binDir, conf, err := e.Lab.Client().HostCNI(node)
+	return hostSetup(e, node, "calyx", false)
+}
+
+// hostSetup is the node's conflist run from the host (lab.HostCNI).
+func hostSetup(e *Env, node, name string, ipamOnHost bool) (*cniSetup, error) {
+	binDir, conf, err := e.Lab.Client().HostCNI(node, ipamOnHost)
 	if err != nil {
 		return nil, err
 	}
@@ -36,8 +42,8 @@ func calyxSetup(e *Env, node string) (*cniSetup, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading %s's conflist: %w", node, err)
 	}
-	cache := filepath.Join(e.Dir, "cni-cache-calyx-"+node)
-	return &cniSetup{name: "calyx", node: node, list: list,
+	cache := filepath.Join(e.Dir, "cni-cache-"+strings.ReplaceAll(name, " ", "-")+"-"+node)
+	return &cniSetup{name: name, node: node, list: list,
 		cni: libcni.NewCNIConfigWithCacheDir([]string{binDir}, cache, nil)}, nil
 }
 
@@ -54,26 +60,18 @@ func withoutPortmap(full *cniSetup) (*cniSetup, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &cniSetup{name: "calyx without portmap", node: full.node, list: l, cni: full.cni}, nil
+	return &cniSetup{name: full.name + " without portmap", node: full.node, list: l, cni: full.cni}, nil
 }
 
 // withoutAgent is the calyx entry alone with ipam.agent_socket removed:
 // calyx-ipam runs as a binary with its own API client, as it does while
 // the agent is down (and as every ADD did before the socket).
-func withoutAgent(full *cniSetup) (*cniSetup, error) {
-	var list map[string]any
-	if err := json.Unmarshal(full.list.Bytes, &list); err != nil {
-		return nil, err
-	}
-	calyx := list["plugins"].([]any)[0].(map[string]any)
-	delete(calyx["ipam"].(map[string]any), "agent_socket")
-	list["plugins"] = []any{calyx}
-	b, _ := json.Marshal(list)
-	l, err := libcni.ConfListFromBytes(b)
+func withoutAgent(e *Env, node string) (*cniSetup, error) {
+	s, err := hostSetup(e, node, "calyx, calyx-ipam binary", true)
 	if err != nil {
 		return nil, err
 	}
-	return &cniSetup{name: "calyx, calyx-ipam binary", node: full.node, list: l, cni: full.cni}, nil
+	return withoutPortmap(s)
 }
 
 // refSetup is Debian's ptp with host-local, the plainest pair of plugins
@@ -186,7 +184,7 @@ func runCNI(ctx context.Context, e *Env) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	binary, err := withoutAgent(cx)
+	binary, err := withoutAgent(e, node)
 	if err != nil {
 		return nil, err
 	}

@@ -156,7 +156,7 @@ func dpTest(e *Env, m dpMode, t string, last bool, cli, srv *lab.PodState) (iper
 	if err := m.setup(); err != nil {
 		return iperfResult{}, fmt.Errorf("setting up: %w", err)
 	}
-	if _, err := sh("ip", "netns", "exec", cli.NetNS, "ping", "-c", "1", "-W", "2", srv.IP); err != nil {
+	if _, err := inNetNSCmd(cli.NetNS, "ping", "-c", "1", "-W", "2", srv.IP); err != nil {
 		return iperfResult{}, fmt.Errorf("the client pod cannot reach the server pod: %w", err)
 	}
 	var prof *perfRun

@@ -56,7 +56,7 @@ func upLab(ctx context.Context, e *Env) (*Lab, error) {
 		}
 	}
 	dir := filepath.Join(e.Dir, "lab")
-	l, err := lab.Up(ctx, lab.Options{Dir: dir, BinDir: e.Opts.BinDir, Progress: prefixWriter{e, "lab: "}})
+	l, err := lab.Up(ctx, lab.Options{Dir: dir, BinDir: e.Opts.BinDir, ReferenceCNI: true, Progress: prefixWriter{e, "lab: "}})
 	if err != nil {
 		return nil, err
 	}

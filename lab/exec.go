@@ -32,7 +32,7 @@ func (c *Client) Command(ctx context.Context, target string, argv ...string) (*e
 		}
 		return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + netns, "--"}, argv...)...), nil
 	}
-	n, err := c.node(target)
+	n, err := c.Node(target)
 	if err != nil {
 		return nil, err
 	}

@@ -120,7 +120,7 @@ func (c *Client) NewSandbox(namespace, name, nodeName string) (*Sandbox, error) 
 	sb := &Sandbox{Namespace: namespace, Name: name, Node: nodeName, ContainerID: hex.EncodeToString(id)}
 	nsName := "sb-" + sb.ContainerID[:12]
 	sb.NetNS = "/run/netns/" + nsName
-	n, err := c.node(nodeName)
+	n, err := c.Node(nodeName)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +134,7 @@ func (c *Client) NewSandbox(namespace, name, nodeName string) (*Sandbox, error) 
 // plugins, on the node. A plugin's error is returned wrapped: errors.As
 // finds its *types.Error with the CNI code.
 func (c *Client) CNIAdd(ctx context.Context, sb *Sandbox) error {
-	n, err := c.node(sb.Node)
+	n, err := c.Node(sb.Node)
 	if err != nil {
 		return err
 	}
@@ -164,7 +164,7 @@ func (c *Client) CNIAdd(ctx context.Context, sb *Sandbox) error {
 // CNIDel runs CNI DEL for the sandbox, as the runtime does after a failed
 // ADD and when the pod goes.
 func (c *Client) CNIDel(ctx context.Context, sb *Sandbox) error {
-	n, err := c.node(sb.Node)
+	n, err := c.Node(sb.Node)
 	if err != nil {
 		return err
 	}
@@ -180,7 +180,7 @@ func (c *Client) CNIDel(ctx context.Context, sb *Sandbox) error {
 
 // RemoveSandbox deletes the sandbox's namespace on its node.
 func (c *Client) RemoveSandbox(sb *Sandbox) error {
-	n, err := c.node(sb.Node)
+	n, err := c.Node(sb.Node)
 	if err != nil {
 		return err
 	}
@@ -299,10 +299,14 @@ func (s *Stranger) Detach() error {
 // HostCNI is the node's CNI configuration for a caller on the host that
 // runs the node's plugins itself, in the node's network namespace but the
 // host's mount namespace (the bench, to time the plugins alone): the
-// plugin directory and the conflist, with every path of the calyx entry
-// turned into the host's path to the node's file.
-func (c *Client) HostCNI(nodeName string) (binDir string, conflist []byte, err error) {
-	n, err := c.node(nodeName)
+// plugin directory and the conflist, with the paths the host side opens
+// turned into the host's paths to the node's files. With ipamOnHost false
+// the node's agent answers calyx-ipam on its socket and reads the IPAM's
+// files in its own mount namespace: only the calyx plugin's state_dir and
+// the socket change. With ipamOnHost true, agent_socket is removed and
+// calyx-ipam runs as a binary on the host: every IPAM path changes too.
+func (c *Client) HostCNI(nodeName string, ipamOnHost bool) (binDir string, conflist []byte, err error) {
+	n, err := c.Node(nodeName)
 	if err != nil {
 		return "", nil, err
 	}
@@ -314,19 +318,26 @@ func (c *Client) HostCNI(nodeName string) (binDir string, conflist []byte, err e
 	if err := json.Unmarshal(b, &list); err != nil {
 		return "", nil, fmt.Errorf("%s's conflist: %w", nodeName, err)
 	}
+	hostPath := func(m map[string]any, key string) {
+		if s, ok := m[key].(string); ok && strings.HasPrefix(s, "/") {
+			m[key] = n.Path(s)
+		}
+	}
 	plugins, _ := list["plugins"].([]any)
 	for _, p := range plugins {
 		m, _ := p.(map[string]any)
 		if m["type"] != "calyx" {
 			continue
 		}
+		hostPath(m, "state_dir")
 		ipam, _ := m["ipam"].(map[string]any)
-		for _, sect := range []map[string]any{m, ipam} {
-			for k, v := range sect {
-				if s, ok := v.(string); ok && strings.HasPrefix(s, "/") {
-					sect[k] = n.Path(s)
-				}
-			}
+		if !ipamOnHost {
+			hostPath(ipam, "agent_socket")
+			continue
+		}
+		delete(ipam, "agent_socket")
+		for _, k := range []string{"kubeconfig", "nodename_file", "lock_file"} {
+			hostPath(ipam, k)
 		}
 	}
 	out, err := json.Marshal(list)

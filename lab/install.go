@@ -12,6 +12,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/calyx-net/calyx/deploy"
@@ -141,6 +142,11 @@ func (l *Lab) podsProblem(ctx context.Context, ns string) string {
 				out = append(out, fmt.Sprintf("%s/%s on %s: %s %s", p.Name, cs.Name, p.Spec.NodeName, cs.State.Waiting.Reason, cs.State.Waiting.Message))
 			case cs.State.Terminated != nil && cs.State.Terminated.ExitCode != 0:
 				out = append(out, fmt.Sprintf("%s/%s on %s: exited %d", p.Name, cs.Name, p.Spec.NodeName, cs.State.Terminated.ExitCode))
+			default:
+				continue
+			}
+			if cs.RestartCount > 0 || cs.State.Terminated != nil {
+				out[len(out)-1] += ", its last words: " + l.lastLog(ctx, ns, p.Name, cs.Name)
 			}
 		}
 		if len(p.Status.ContainerStatuses) == 0 && p.Status.Phase == "Pending" {
@@ -151,6 +157,19 @@ func (l *Lab) podsProblem(ctx context.Context, ns string) string {
 		return "no pod reports a problem"
 	}
 	return strings.Join(out, "; ") + " (kubectl describe pod, and the node's kubelet log, say more)"
+}
+
+// lastLog is the end of a container's log, from its last run when it is
+// restarting, as `kubectl logs --previous --tail 3`.
+func (l *Lab) lastLog(ctx context.Context, ns, pod, container string) string {
+	tailLines := int64(3)
+	for _, previous := range []bool{true, false} {
+		b, err := l.Kube.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: container, Previous: previous, TailLines: &tailLines}).DoRaw(ctx)
+		if err == nil && len(strings.TrimSpace(string(b))) > 0 {
+			return strings.TrimSpace(string(b))
+		}
+	}
+	return "(no log)"
 }
 
 // kubectlBinary is the kubectl built from the pinned module.

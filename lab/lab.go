@@ -58,6 +58,9 @@ type Options struct {
 	// Datapath, unless empty or auto, is set as the calyx-node
 	// DaemonSet's CALYX_IPIP_DATAPATH after the manifest is applied.
 	Datapath string
+	// ReferenceCNI gives every node's containerd the runtime handler
+	// node.RefCNIHandler, for the bench's reference sandboxes.
+	ReferenceCNI bool
 	// Progress receives a line per step, with its duration.
 	Progress io.Writer
 	Logger   *slog.Logger
@@ -360,7 +363,7 @@ func (l *Lab) Kubeconfig() string { return l.cp.Kubeconfig }
 func (l *Lab) keepLogs() string {
 	var logs []string
 	filepath.WalkDir(l.opts.Dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".log") && !strings.Contains(p, "/containerd/") && !strings.Contains(p, "/pods/") {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".log") && !strings.Contains(p, "/containerd/") {
 			logs = append(logs, p)
 		}
 		return nil

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -165,7 +166,7 @@ func (c *Client) Pod(ctx context.Context, key string) (*PodState, error) {
 }
 
 func (c *Client) podState(ctx context.Context, pod *corev1.Pod) (*PodState, error) {
-	n, err := c.node(pod.Spec.NodeName)
+	n, err := c.Node(pod.Spec.NodeName)
 	if err != nil {
 		return nil, err
 	}
@@ -180,8 +181,8 @@ func (c *Client) podState(ctx context.Context, pod *corev1.Pod) (*PodState, erro
 	}, nil
 }
 
-// node is the running node of that name, from the state file.
-func (c *Client) node(name string) (*node.Node, error) {
+// Node is the running node of that name, from the state file.
+func (c *Client) Node(name string) (*node.Node, error) {
 	s, err := ReadState(c.Dir)
 	if err != nil {
 		return nil, err
@@ -191,7 +192,7 @@ func (c *Client) node(name string) (*node.Node, error) {
 		return nil, fmt.Errorf("no running node %q in the lab: `calyx-lab status` lists them", name)
 	}
 	cfg := node.Config{Name: ns.Name, NetNS: netnsPath(ns.NetNS), Dir: ns.Dir, Runtime: node.Runtime(ns.Runtime),
-		RuntimeDir: ns.RuntimeDir, Hierarchies: s.Hierarchies}
+		RuntimeDir: ns.RuntimeDir, Hierarchies: s.Hierarchies, CgroupRoot: filepath.Join(s.Cgroup, ns.Name)}
 	return node.Attach(cfg, ns.InitPID), nil
 }
 

@@ -1,7 +1,7 @@
 // Command calyx-bench runs calyx's benchmark suite against its references
 // on this machine and prints one markdown table.
 //
-//	calyx-bench [-parts cni,burst,ipam,converge,scale,datapath] [-runs 3] [-o file]
+//	calyx-bench [-parts cni,podstart,burst,converge,datapath,ipam,scale] [-runs 3] [-o file]
 package main
 
 import (

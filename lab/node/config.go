@@ -7,6 +7,9 @@ import (
 )
 
 // containerd's configuration, as a node's /etc/containerd/config.toml.
+// With RefCNI, a second runtime handler, ref, takes its CNI configuration
+// from /etc/cni/ref.d: the bench starts sandboxes with calyx and with a
+// reference plugin through the same runtime, side by side.
 // Both formats say the same: the CRI socket, the sandbox image, runc as
 // the runtime with cgroupfs (the kubelet's driver here), the CNI
 // directories, and restrict_oom_score_adj: root here lacks
@@ -32,6 +35,14 @@ state = "/run/containerd"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = "{{.Runc}}"
         SystemdCgroup = false
+{{- if .RefCNI}}
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ref]
+      runtime_type = "io.containerd.runc.v2"
+      cni_conf_dir = "/etc/cni/ref.d"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ref.options]
+        BinaryName = "{{.Runc}}"
+        SystemdCgroup = false
+{{- end}}
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/opt/cni/bin"
     conf_dir = "/etc/cni/net.d"
@@ -58,6 +69,14 @@ state = "/run/containerd"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
         BinaryName = "{{.Runc}}"
         SystemdCgroup = false
+{{- if .RefCNI}}
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.ref]
+      runtime_type = "io.containerd.runc.v2"
+      cni_conf_dir = "/etc/cni/ref.d"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.ref.options]
+        BinaryName = "{{.Runc}}"
+        SystemdCgroup = false
+{{- end}}
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = ["/opt/cni/bin"]
     conf_dir = "/etc/cni/net.d"

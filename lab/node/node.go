@@ -81,7 +81,13 @@ type Config struct {
 	CgroupRoot  string
 	// KubeletArgs are added to the kubelet's command line (labels, taints).
 	KubeletArgs []string
+	// RefCNI adds containerd's runtime handler "ref", whose CNI
+	// configuration is /etc/cni/ref.d (RefCNIHandler).
+	RefCNI bool
 }
+
+// RefCNIHandler is the runtime handler of Config.RefCNI.
+const RefCNIHandler = "ref"
 
 // Node is a running node.
 type Node struct {
@@ -191,9 +197,12 @@ func (n *Node) Stop() {
 }
 
 // Command runs argv on the node: in its network, mount, PID and UTS
-// namespaces, as `docker exec` into a kind node does.
+// namespaces, as `docker exec` into a kind node does, with the node's
+// runtime tools (ctr, talking to the CRI's namespace) in PATH.
 func (n *Node) Command(ctx context.Context, argv ...string) *exec.Cmd {
-	return CommandIn(ctx, n.InitPID(), argv...)
+	cmd := CommandIn(ctx, n.InitPID(), argv...)
+	cmd.Env = append(os.Environ(), "PATH="+n.RuntimeDir+":"+os.Getenv("PATH"), "CONTAINERD_NAMESPACE=k8s.io")
+	return cmd
 }
 
 // CommandIn runs argv in the namespaces of the node whose init has host
@@ -283,7 +292,7 @@ func configFiles(cfg Config) (map[string]file, error) {
 	if !ok {
 		return nil, fmt.Errorf("no containerd configuration for runtime %q", cfg.Runtime)
 	}
-	ctrd, err := render(tmpl, map[string]string{"SandboxImage": images.PauseTag, "Runc": cfg.Runc})
+	ctrd, err := render(tmpl, map[string]any{"SandboxImage": images.PauseTag, "Runc": cfg.Runc, "RefCNI": cfg.RefCNI})
 	if err != nil {
 		return nil, err
 	}

@@ -51,10 +51,10 @@ func TestCheckDir(t *testing.T) {
 // without CAP_SYS_RESOURCE needs and the runc it is given.
 func TestContainerdConfigs(t *testing.T) {
 	for r, want := range map[Runtime][]string{
-		Containerd16: {"version = 2", `sandbox_image = "registry.k8s.io/pause:3.10"`, "restrict_oom_score_adj = true", `BinaryName = "/x/runc"`, `bin_dir = "/opt/cni/bin"`},
-		Containerd2:  {"version = 3", `sandbox = "registry.k8s.io/pause:3.10"`, "restrict_oom_score_adj = true", `BinaryName = "/x/runc"`, `bin_dirs = ["/opt/cni/bin"]`},
+		Containerd16: {"version = 2", `sandbox_image = "registry.k8s.io/pause:3.10"`, "restrict_oom_score_adj = true", `BinaryName = "/x/runc"`, `bin_dir = "/opt/cni/bin"`, `runtimes.ref]`, `cni_conf_dir = "/etc/cni/ref.d"`},
+		Containerd2:  {"version = 3", `sandbox = "registry.k8s.io/pause:3.10"`, "restrict_oom_score_adj = true", `BinaryName = "/x/runc"`, `bin_dirs = ["/opt/cni/bin"]`, `runtimes.ref]`, `cni_conf_dir = "/etc/cni/ref.d"`},
 	} {
-		files, err := configFiles(Config{Name: "n", Runtime: r, Runc: "/x/runc", CgroupRoot: "/calyx-lab/n"})
+		files, err := configFiles(Config{Name: "n", Runtime: r, Runc: "/x/runc", CgroupRoot: "/calyx-lab/n", RefCNI: true})
 		if err != nil {
 			t.Fatal(err)
 		}
