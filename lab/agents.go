@@ -62,7 +62,7 @@ func (c *Client) CalyxNodePod(ctx context.Context, node string) (*corev1.Pod, er
 // as a crash (SIGKILL; the kubelet restarts it) or a hang (SIGSTOP, until
 // SIGCONT) would do to them.
 func (c *Client) SignalAgent(ctx context.Context, node string, sig syscall.Signal) error {
-	n, err := c.node(node)
+	n, err := c.Node(node)
 	if err != nil {
 		return err
 	}
