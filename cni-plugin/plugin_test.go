@@ -98,7 +98,7 @@ func testAddWiring(t *testing.T, e *env) {
 		var got map[string]any
 		json.Unmarshal(raw, &got)
 		want := map[string]any{
-			"cniVersion": "1.1.0",
+			"cniVersion": list.CNIVersion, // the shipped conflist's
 			"interfaces": []any{
 				map[string]any{"name": host, "mac": "ee:ee:ee:ee:ee:ee", "mtu": float64(agentMTU)},
 				map[string]any{"name": "eth0", "mac": contMAC, "mtu": float64(agentMTU), "sandbox": p.netns.Path()},
@@ -634,9 +634,12 @@ func testLoopback(t *testing.T, e *env) {
 	}
 }
 
+// STATUS and GC are CNI 1.1.0's verbs: a runtime calls them when its
+// conflist says 1.1.0 (the shipped one says 1.0.0, for containerd 1.x's
+// sake; a containerd 2 user may write 1.1.0).
 func testStatus(t *testing.T, e *env) {
 	n := newNode(t, e, withoutState())
-	list := n.conflist("", nil)
+	list := n.conflist("1.1.0", nil)
 	err := n.status(list)
 	if cniCode(err) != types.ErrPluginNotAvailable || !strings.Contains(err.Error(), "nodename is missing") {
 		t.Errorf("STATUS before the agent is ready: %v; want code 50 naming the nodename file", err)
@@ -649,7 +652,7 @@ func testStatus(t *testing.T, e *env) {
 	if err := n.status(list); err != nil {
 		t.Errorf("STATUS with the agent ready: %v", err)
 	}
-	broken := n.conflist("", func(c map[string]any) { c["ipam"].(map[string]any)["type"] = "no-such-ipam" })
+	broken := n.conflist("1.1.0", func(c map[string]any) { c["ipam"].(map[string]any)["type"] = "no-such-ipam" })
 	if err := n.status(broken); cniCode(err) != types.ErrPluginNotAvailable || !strings.Contains(err.Error(), "IPAM plugin no-such-ipam is not available") {
 		t.Errorf("STATUS with IPAM unavailable: %v; want code 50 naming the IPAM plugin", err)
 	}
@@ -657,7 +660,7 @@ func testStatus(t *testing.T, e *env) {
 
 func testGC(t *testing.T, e *env) {
 	n := newNode(t, e)
-	list := n.conflist("", nil)
+	list := n.conflist("1.1.0", nil)
 	keep, stale := newPod(t, "default", "keep"), newPod(t, "default", "stale")
 	ipKeep := mustAdd(t, n, list, keep.rt())
 	mustAdd(t, n, list, stale.rt())
