@@ -47,15 +47,15 @@ func ifbFactory(_ string, opts DatapathOptions) (tunnel.Datapath, string, error)
 
 func (d *ifbDatapath) Mode() tunnel.Mode { return "test-ifb" }
 
-func (d *ifbDatapath) Set(cfg tunnel.Config) error {
-	l, err := d.h.LinkByName(tunnel.DeviceName)
+func (d *ifbDatapath) Set(cfg desired.TunnelConfig) error {
+	l, err := d.h.LinkByName(desired.TunnelDevice)
 	if err != nil {
 		attrs := netlink.NewLinkAttrs()
-		attrs.Name = tunnel.DeviceName
+		attrs.Name = desired.TunnelDevice
 		if err := d.h.LinkAdd(&netlink.Ifb{LinkAttrs: attrs}); err != nil {
-			return fmt.Errorf("creating %s: %w", tunnel.DeviceName, err)
+			return fmt.Errorf("creating %s: %w", desired.TunnelDevice, err)
 		}
-		if l, err = d.h.LinkByName(tunnel.DeviceName); err != nil {
+		if l, err = d.h.LinkByName(desired.TunnelDevice); err != nil {
 			return err
 		}
 	}

@@ -9,9 +9,9 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
+	"github.com/calyx-net/calyx/agent/desired"
 	"github.com/calyx-net/calyx/agent/firewall"
 	"github.com/calyx-net/calyx/agent/routes"
-	"github.com/calyx-net/calyx/agent/tunnel"
 )
 
 // watchKernel subscribes to the node's routes, addresses, links and
@@ -100,7 +100,7 @@ func (a *Agent) watchKernel(ctx context.Context, wg *sync.WaitGroup) {
 			go func() {
 				for u := range ch {
 					// tunl0, and the eBPF datapath's tunl0-encap.
-					if name := u.Attrs().Name; strings.HasPrefix(name, tunnel.DeviceName) || name == a.underlayName() {
+					if name := u.Attrs().Name; strings.HasPrefix(name, desired.TunnelDevice) || name == a.underlayName() {
 						a.kernelChanged()
 					}
 				}

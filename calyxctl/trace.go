@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/calyx-net/calyx/agent/desired"
-	"github.com/calyx-net/calyx/agent/tunnel"
 	plugin "github.com/calyx-net/calyx/cni-plugin"
 )
 
@@ -119,10 +118,10 @@ func Trace(s *Snapshot, src, dst string, opts TraceOptions) (Path, error) {
 	}
 	if route.Kind == desired.Tunnel {
 		p.Encapsulated = true
-		add(PlaceSrcNode, from.Node, tunnel.DeviceName, from.TunnelAddr, "IP-in-IP encapsulation: outer %s → %s protocol 4 (ipip), inner %s → %s", from.NodeIP, route.Via, from.IP, to.IP)
+		add(PlaceSrcNode, from.Node, desired.TunnelDevice, from.TunnelAddr, "IP-in-IP encapsulation: outer %s → %s protocol 4 (ipip), inner %s → %s", from.NodeIP, route.Via, from.IP, to.IP)
 		add(PlaceSrcNode, from.Node, nic, from.NodeIP, "leaves %s on the underlay: %s → %s proto 4", from.Node, from.NodeIP, route.Via)
 		add(PlaceDstNode, to.Node, nic, to.NodeIP, "arrives on %s; IP-in-IP from a cluster node is decapsulated", to.Node)
-		add(PlaceDstNode, to.Node, tunnel.DeviceName, to.TunnelAddr, "inner packet %s → %s, as tcpdump on tunl0 shows it", from.IP, to.IP)
+		add(PlaceDstNode, to.Node, desired.TunnelDevice, to.TunnelAddr, "inner packet %s → %s, as tcpdump on tunl0 shows it", from.IP, to.IP)
 	} else {
 		add(PlaceSrcNode, from.Node, nic, from.NodeIP, "leaves %s unencapsulated (same subnet): %s → %s via %s", from.Node, from.IP, to.IP, route.Via)
 		add(PlaceDstNode, to.Node, nic, to.NodeIP, "arrives on %s", to.Node)

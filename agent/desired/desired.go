@@ -12,7 +12,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/calyx-net/calyx/agent/tunnel"
 	"github.com/calyx-net/calyx/api/v1alpha1"
 )
 
@@ -132,7 +131,7 @@ type Input struct {
 type State struct {
 	// Routes, sorted by destination.
 	Routes   []Route
-	Tunnel   tunnel.Config
+	Tunnel   TunnelConfig
 	Firewall Firewall
 	// Notes say which objects were left out and why: a node without an
 	// address yet, a block with an invalid CIDR.
@@ -227,7 +226,7 @@ func Compute(in Input) State {
 		case mode == v1alpha1.IPIPModeNever, mode == v1alpha1.IPIPModeCrossSubnet && sameSubnet:
 			return Route{Dst: dst, Kind: Direct, Via: peer.ip, Dev: in.Local.Iface, Node: node}, true
 		default:
-			return Route{Dst: dst, Kind: Tunnel, Via: peer.ip, Dev: tunnel.DeviceName, Node: node}, true
+			return Route{Dst: dst, Kind: Tunnel, Via: peer.ip, Dev: TunnelDevice, Node: node}, true
 		}
 	}
 
@@ -267,7 +266,7 @@ func Compute(in Input) State {
 	}
 	slices.SortFunc(st.Routes, func(a, b Route) int { return ComparePrefix(a.Dst, b.Dst) })
 
-	st.Tunnel = tunnel.Config{UnderlayIface: in.Local.Iface}
+	st.Tunnel = TunnelConfig{UnderlayIface: in.Local.Iface}
 	if in.Local.MTU > 0 {
 		st.Tunnel.MTU = in.Local.MTU - EncapOverhead
 	}
@@ -288,7 +287,7 @@ func Compute(in Input) State {
 	}
 	for _, r := range st.Routes {
 		if r.Kind == Tunnel {
-			st.Tunnel.Peers = append(st.Tunnel.Peers, tunnel.Peer{CIDR: r.Dst, NodeIP: r.Via})
+			st.Tunnel.Peers = append(st.Tunnel.Peers, Peer{CIDR: r.Dst, NodeIP: r.Via})
 		}
 	}
 

@@ -8,7 +8,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/calyx-net/calyx/agent/tunnel"
 	"github.com/calyx-net/calyx/api/v1alpha1"
 )
 
@@ -56,7 +55,7 @@ var (
 // compares.
 type view struct {
 	Routes   []string
-	Tunnel   tunnel.Config
+	Tunnel   TunnelConfig
 	Firewall Firewall
 	Notes    []string
 }
@@ -90,8 +89,8 @@ func TestCompute(t *testing.T) {
 		}
 	}
 	allNodeIPs := []netip.Addr{addr("10.10.100.208"), addr("10.10.100.209"), addr("10.10.200.7")}
-	tunnelOf := func(peers ...tunnel.Peer) tunnel.Config {
-		return tunnel.Config{
+	tunnelOf := func(peers ...Peer) TunnelConfig {
+		return TunnelConfig{
 			Address: addr("192.168.154.192"), MTU: 1480,
 			UnderlayIface: "ens160", UnderlayIP: addr("10.10.100.209"),
 			Peers: peers, NodeIPs: allNodeIPs,
@@ -123,8 +122,8 @@ func TestCompute(t *testing.T) {
 					"blackhole 192.168.154.192/26 proto calyx",
 				},
 				Tunnel: tunnelOf(
-					tunnel.Peer{CIDR: prefix("192.168.7.0/26"), NodeIP: addr("10.10.200.7")},
-					tunnel.Peer{CIDR: prefix("192.168.29.64/26"), NodeIP: addr("10.10.100.208")},
+					Peer{CIDR: prefix("192.168.7.0/26"), NodeIP: addr("10.10.200.7")},
+					Peer{CIDR: prefix("192.168.29.64/26"), NodeIP: addr("10.10.100.208")},
 				),
 				Firewall: fw(true),
 			},
@@ -141,7 +140,7 @@ func TestCompute(t *testing.T) {
 					"192.168.29.64/26 via 10.10.100.208 dev ens160 proto calyx",
 					"blackhole 192.168.154.192/26 proto calyx",
 				},
-				Tunnel:   tunnelOf(tunnel.Peer{CIDR: prefix("192.168.7.0/26"), NodeIP: addr("10.10.200.7")}),
+				Tunnel:   tunnelOf(Peer{CIDR: prefix("192.168.7.0/26"), NodeIP: addr("10.10.200.7")}),
 				Firewall: fw(false),
 			},
 		},
@@ -174,7 +173,7 @@ func TestCompute(t *testing.T) {
 					"192.168.29.64/26 via 10.10.100.208 dev tunl0 proto calyx onlink",
 					"blackhole 192.168.154.192/26 proto calyx",
 				},
-				Tunnel:   tunnelOf(tunnel.Peer{CIDR: prefix("192.168.29.64/26"), NodeIP: addr("10.10.100.208")}),
+				Tunnel:   tunnelOf(Peer{CIDR: prefix("192.168.29.64/26"), NodeIP: addr("10.10.100.208")}),
 				Firewall: fw(false),
 			},
 		},
@@ -200,9 +199,9 @@ func TestCompute(t *testing.T) {
 					"192.168.154.200 via 10.10.100.208 dev tunl0 proto calyx onlink",
 				},
 				Tunnel: tunnelOf(
-					tunnel.Peer{CIDR: prefix("192.168.29.64/26"), NodeIP: addr("10.10.100.208")},
-					tunnel.Peer{CIDR: prefix("192.168.29.69/32"), NodeIP: addr("10.10.200.7")},
-					tunnel.Peer{CIDR: prefix("192.168.154.200/32"), NodeIP: addr("10.10.100.208")},
+					Peer{CIDR: prefix("192.168.29.64/26"), NodeIP: addr("10.10.100.208")},
+					Peer{CIDR: prefix("192.168.29.69/32"), NodeIP: addr("10.10.200.7")},
+					Peer{CIDR: prefix("192.168.154.200/32"), NodeIP: addr("10.10.100.208")},
 				),
 				Firewall: fw(false),
 			},
@@ -240,9 +239,9 @@ func TestCompute(t *testing.T) {
 					"192.168.7.0/26 via 10.10.200.7 dev tunl0 proto calyx onlink",
 					"blackhole 192.168.154.192/26 proto calyx",
 				},
-				Tunnel: tunnel.Config{
+				Tunnel: TunnelConfig{
 					Address: addr("192.168.154.192"), MTU: 1480, UnderlayIface: "ens160", UnderlayIP: addr("10.10.100.209"),
-					Peers:   []tunnel.Peer{{CIDR: prefix("192.168.7.0/26"), NodeIP: addr("10.10.200.7")}},
+					Peers:   []Peer{{CIDR: prefix("192.168.7.0/26"), NodeIP: addr("10.10.200.7")}},
 					NodeIPs: []netip.Addr{addr("10.10.100.209"), addr("10.10.200.7")},
 				},
 				Firewall: Firewall{NodeIPs: []netip.Addr{addr("10.10.100.209"), addr("10.10.200.7")}, PoolCIDRs: []netip.Prefix{prefix("192.168.0.0/16")}},
@@ -265,9 +264,9 @@ func TestCompute(t *testing.T) {
 					"192.168.29.64/26 via 10.10.100.208 dev tunl0 proto calyx onlink",
 					"blackhole 192.168.154.192/26 proto calyx",
 				},
-				Tunnel: tunnel.Config{
+				Tunnel: TunnelConfig{
 					MTU: 1480, UnderlayIface: "ens160",
-					Peers:   []tunnel.Peer{{CIDR: prefix("192.168.29.64/26"), NodeIP: addr("10.10.100.208")}},
+					Peers:   []Peer{{CIDR: prefix("192.168.29.64/26"), NodeIP: addr("10.10.100.208")}},
 					NodeIPs: []netip.Addr{addr("10.10.100.208")},
 				},
 				Firewall: Firewall{NodeIPs: []netip.Addr{addr("10.10.100.208")}, PoolCIDRs: []netip.Prefix{prefix("192.168.0.0/16")}},
@@ -291,7 +290,7 @@ func TestCompute(t *testing.T) {
 					"10.244.1.0/26 via 10.10.100.208 dev ens160 proto calyx",
 					"192.168.29.64/26 via 10.10.100.208 dev tunl0 proto calyx onlink",
 				},
-				Tunnel: tunnelOf(tunnel.Peer{CIDR: prefix("192.168.29.64/26"), NodeIP: addr("10.10.100.208")}),
+				Tunnel: tunnelOf(Peer{CIDR: prefix("192.168.29.64/26"), NodeIP: addr("10.10.100.208")}),
 				Firewall: Firewall{
 					NodeIPs:      allNodeIPs,
 					PoolCIDRs:    []netip.Prefix{prefix("10.244.0.0/16"), prefix("192.168.0.0/16")},
@@ -314,7 +313,7 @@ func TestCompute(t *testing.T) {
 					"172.16.0.0/26 via 10.10.100.208 dev tunl0 proto calyx onlink",
 					"192.168.29.64/26 via 10.10.100.208 dev ens160 proto calyx",
 				},
-				Tunnel:   tunnelOf(tunnel.Peer{CIDR: prefix("172.16.0.0/26"), NodeIP: addr("10.10.100.208")}),
+				Tunnel:   tunnelOf(Peer{CIDR: prefix("172.16.0.0/26"), NodeIP: addr("10.10.100.208")}),
 				Firewall: fw(false),
 			},
 		},
@@ -349,9 +348,9 @@ func TestCompute(t *testing.T) {
 			},
 			want: view{
 				Routes: []string{"192.168.29.64/26 via 10.10.100.208 dev tunl0 proto calyx onlink"},
-				Tunnel: tunnel.Config{
+				Tunnel: TunnelConfig{
 					UnderlayIface: "ens160", UnderlayIP: addr("10.10.100.209"),
-					Peers:   []tunnel.Peer{{CIDR: prefix("192.168.29.64/26"), NodeIP: addr("10.10.100.208")}},
+					Peers:   []Peer{{CIDR: prefix("192.168.29.64/26"), NodeIP: addr("10.10.100.208")}},
 					NodeIPs: []netip.Addr{addr("10.10.100.208"), addr("10.10.100.209")},
 				},
 				Firewall: Firewall{NodeIPs: []netip.Addr{addr("10.10.100.208"), addr("10.10.100.209")}, PoolCIDRs: []netip.Prefix{prefix("192.168.0.0/16")}},

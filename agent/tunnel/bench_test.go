@@ -15,6 +15,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/calyx-net/calyx/agent/desired"
 )
 
 // BenchmarkPodToPod measures iperf3 TCP throughput from the client pod to
@@ -220,8 +222,8 @@ func BenchmarkEBPFSet(b *testing.B) {
 	must(b, err, "tunnel.New")
 	b.Cleanup(func() { dp.Close() })
 
-	config := func(n int) Config {
-		c := Config{
+	config := func(n int) desired.TunnelConfig {
+		c := desired.TunnelConfig{
 			Address: netip.MustParseAddr("10.0.0.0"), MTU: 1480,
 			UnderlayIface: "ens160", UnderlayIP: netip.MustParseAddr("172.16.0.1"),
 		}
@@ -229,7 +231,7 @@ func BenchmarkEBPFSet(b *testing.B) {
 			// /26 blocks of 10.0.0.0/8, one node per 4 blocks.
 			block := netip.AddrFrom4([4]byte{10, byte(i >> 10), byte(i >> 2), byte(i&3) << 6})
 			node := netip.AddrFrom4([4]byte{172, 16, byte(i >> 10), byte(i >> 2)})
-			c.Peers = append(c.Peers, Peer{CIDR: netip.PrefixFrom(block, 26), NodeIP: node})
+			c.Peers = append(c.Peers, desired.Peer{CIDR: netip.PrefixFrom(block, 26), NodeIP: node})
 			if i%4 == 0 {
 				c.NodeIPs = append(c.NodeIPs, node)
 			}

@@ -10,6 +10,8 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/calyx-net/calyx/agent/desired"
 )
 
 // The maps hold addresses in network byte order (the programs compare them
@@ -39,7 +41,7 @@ func configValue(underlay netip.Addr, nicIndex, tunIndex int, tunMAC net.Hardwar
 }
 
 // desiredPeers is the remote_blocks map that peers describe.
-func desiredPeers(peers []Peer) map[calyxLpmKey]uint32 {
+func desiredPeers(peers []desired.Peer) map[calyxLpmKey]uint32 {
 	want := make(map[calyxLpmKey]uint32, len(peers))
 	for _, p := range peers {
 		c := p.CIDR.Masked()
@@ -50,8 +52,8 @@ func desiredPeers(peers []Peer) map[calyxLpmKey]uint32 {
 
 // peerFromMap is the peer a remote_blocks entry describes: the inverse of
 // desiredPeers for one entry.
-func peerFromMap(k calyxLpmKey, v uint32) Peer {
-	return Peer{CIDR: netip.PrefixFrom(addrFromBE32(k.Addr), int(k.Prefixlen)), NodeIP: addrFromBE32(v)}
+func peerFromMap(k calyxLpmKey, v uint32) desired.Peer {
+	return desired.Peer{CIDR: netip.PrefixFrom(addrFromBE32(k.Addr), int(k.Prefixlen)), NodeIP: addrFromBE32(v)}
 }
 
 func desiredNodes(ips []netip.Addr) map[uint32]uint32 {
@@ -165,7 +167,7 @@ func (d *EBPF) syncConfig(want calyxConfig) error {
 	return nil
 }
 
-func (d *EBPF) syncPeers(peers []Peer) error {
+func (d *EBPF) syncPeers(peers []desired.Peer) error {
 	puts, dels, err := syncMap(d.maps.RemoteBlocks, desiredPeers(peers))
 	if err != nil {
 		return fmt.Errorf("syncing the remote blocks map: %w", err)
@@ -195,7 +197,7 @@ type Contents struct {
 	NICIndex   int
 	Tunl0Index int
 	Tunl0MAC   net.HardwareAddr
-	Peers      []Peer
+	Peers      []desired.Peer
 	NodeIPs    []netip.Addr
 }
 
@@ -223,7 +225,7 @@ func (d *EBPF) Contents() (Contents, error) {
 	for k, v := range blocks {
 		c.Peers = append(c.Peers, peerFromMap(k, v))
 	}
-	slices.SortFunc(c.Peers, func(a, b Peer) int {
+	slices.SortFunc(c.Peers, func(a, b desired.Peer) int {
 		return cmp.Or(comparePrefix(a.CIDR, b.CIDR), a.NodeIP.Compare(b.NodeIP))
 	})
 

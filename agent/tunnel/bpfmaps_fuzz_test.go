@@ -7,13 +7,15 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/calyx-net/calyx/agent/desired"
 )
 
 // fuzzConfig reads peers and node addresses out of fuzz bytes: IPv4 most
 // of the time, and now and then an IPv6, IPv4-in-IPv6, zero address or a
 // prefix length past 32, which validation must stop.
-func fuzzConfig(data []byte) Config {
-	cfg := Config{MTU: 1480, UnderlayIface: "ens160", UnderlayIP: netip.MustParseAddr("10.10.100.208")}
+func fuzzConfig(data []byte) desired.TunnelConfig {
+	cfg := desired.TunnelConfig{MTU: 1480, UnderlayIface: "ens160", UnderlayIP: netip.MustParseAddr("10.10.100.208")}
 	take := func(n int) []byte {
 		if len(data) < n {
 			return nil
@@ -53,7 +55,7 @@ func fuzzConfig(data []byte) Config {
 			if !ok || bits == nil || !ok2 {
 				return cfg
 			}
-			cfg.Peers = append(cfg.Peers, Peer{CIDR: netip.PrefixFrom(a, int(bits[0])%40), NodeIP: n})
+			cfg.Peers = append(cfg.Peers, desired.Peer{CIDR: netip.PrefixFrom(a, int(bits[0])%40), NodeIP: n})
 		case 4, 5: // an IPv4 node
 			a, ok := v4()
 			if !ok {
@@ -69,7 +71,7 @@ func fuzzConfig(data []byte) Config {
 			if tag&0x80 != 0 {
 				a, n = n, a
 			}
-			cfg.Peers = append(cfg.Peers, Peer{CIDR: netip.PrefixFrom(a, 24), NodeIP: n})
+			cfg.Peers = append(cfg.Peers, desired.Peer{CIDR: netip.PrefixFrom(a, 24), NodeIP: n})
 		case 7: // an odd node address
 			a, ok := odd(tag >> 3)
 			if !ok {
@@ -192,7 +194,7 @@ func bitsEqual(a, b [4]byte, n int) bool {
 	return true
 }
 
-func lookupPeers(peers []Peer, dst netip.Addr) netip.Addr {
+func lookupPeers(peers []desired.Peer, dst netip.Addr) netip.Addr {
 	best, found := -1, netip.Addr{}
 	for _, p := range peers {
 		if p.CIDR.Contains(dst) && p.CIDR.Bits() > best {

@@ -9,6 +9,8 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/calyx-net/calyx/agent/desired"
 )
 
 // Both datapaths own tunl0's IPv4 addresses, MTU and state the same way.
@@ -17,7 +19,7 @@ import (
 // small tunnel.
 const minMTU = 68
 
-func validateCommon(cfg Config) error {
+func validateCommon(cfg desired.TunnelConfig) error {
 	if cfg.MTU < minMTU || cfg.MTU > 65535 {
 		return fmt.Errorf("tunnel MTU %d is out of range: set it to the underlay MTU minus 20 (1480 for a 1500-byte underlay)", cfg.MTU)
 	}
@@ -58,7 +60,7 @@ func comparePrefix(a, b netip.Prefix) int {
 }
 
 // syncLink gives link exactly cfg's address, cfg's MTU, and brings it up.
-func syncLink(h *netlink.Handle, log *slog.Logger, link netlink.Link, cfg Config) error {
+func syncLink(h *netlink.Handle, log *slog.Logger, link netlink.Link, cfg desired.TunnelConfig) error {
 	name := link.Attrs().Name
 	if link.Attrs().MTU != cfg.MTU {
 		if err := h.LinkSetMTU(link, cfg.MTU); err != nil {

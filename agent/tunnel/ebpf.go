@@ -15,6 +15,8 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/calyx-net/calyx/agent/desired"
 )
 
 // The eBPF datapath.
@@ -115,7 +117,7 @@ func isEBPFDevice(h *netlink.Handle, link netlink.Link) bool {
 // Mode implements Datapath.
 func (d *EBPF) Mode() Mode { return ModeEBPF }
 
-func validateEBPF(cfg Config) error {
+func validateEBPF(cfg desired.TunnelConfig) error {
 	if err := validateCommon(cfg); err != nil {
 		return err
 	}
@@ -148,7 +150,7 @@ func validateEBPF(cfg Config) error {
 // attached, so a program never runs on half-filled maps, and nothing that
 // already matches is touched, so a new agent adopts the datapath without
 // losing a packet.
-func (d *EBPF) Set(cfg Config) error {
+func (d *EBPF) Set(cfg desired.TunnelConfig) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -204,7 +206,7 @@ func (d *EBPF) Set(cfg Config) error {
 
 // ensureDevices creates or adopts the tunl0/tunl0-encap pair and gives it
 // cfg's MTU, addresses and state.
-func (d *EBPF) ensureDevices(cfg Config) (tun, encap netlink.Link, err error) {
+func (d *EBPF) ensureDevices(cfg desired.TunnelConfig) (tun, encap netlink.Link, err error) {
 	tun, err = d.h.LinkByName(DeviceName)
 	var notFound netlink.LinkNotFoundError
 	switch {

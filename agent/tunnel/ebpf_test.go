@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/calyx-net/calyx/agent/desired"
 )
 
 // The eBPF datapath against the real kernel, in the lab of netns_test.go:
@@ -474,60 +476,60 @@ func TestEBPFMapsFollowConfig(t *testing.T) {
 
 	pfx := netip.MustParsePrefix
 	ip := netip.MustParseAddr
-	base := Config{
+	base := desired.TunnelConfig{
 		Address: ip("192.168.29.64"), MTU: 1480,
 		UnderlayIface: "ens160", UnderlayIP: ip("10.10.100.208"),
 	}
-	with := func(f func(*Config)) Config {
+	with := func(f func(*desired.TunnelConfig)) desired.TunnelConfig {
 		c := base
 		f(&c)
 		return c
 	}
-	three := []Peer{
-		{pfx("192.168.154.192/26"), ip("10.10.100.209")},
-		{pfx("192.168.7.0/26"), ip("10.10.100.210")},
-		{pfx("192.168.7.77/32"), ip("10.10.100.211")}, // a borrowed address
+	three := []desired.Peer{
+		{CIDR: pfx("192.168.154.192/26"), NodeIP: ip("10.10.100.209")},
+		{CIDR: pfx("192.168.7.0/26"), NodeIP: ip("10.10.100.210")},
+		{CIDR: pfx("192.168.7.77/32"), NodeIP: ip("10.10.100.211")}, // a borrowed address
 	}
 	nodes := []netip.Addr{ip("10.10.100.208"), ip("10.10.100.209"), ip("10.10.100.210"), ip("10.10.100.211")}
 
 	steps := []struct {
 		name         string
-		cfg          Config
-		wantPeers    []Peer
+		cfg          desired.TunnelConfig
+		wantPeers    []desired.Peer
 		wantNodes    []netip.Addr
 		wantDecapNIC string
 		wantAddrs    []string
 	}{
 		{
 			name:         "three peers",
-			cfg:          with(func(c *Config) { c.Peers, c.NodeIPs = three, nodes }),
-			wantPeers:    []Peer{three[1], three[2], three[0]},
+			cfg:          with(func(c *desired.TunnelConfig) { c.Peers, c.NodeIPs = three, nodes }),
+			wantPeers:    []desired.Peer{three[1], three[2], three[0]},
 			wantNodes:    nodes,
 			wantDecapNIC: "ens160",
 			wantAddrs:    []string{"192.168.29.64/32"},
 		},
 		{
 			name:         "a peer removed",
-			cfg:          with(func(c *Config) { c.Peers, c.NodeIPs = three[:2], nodes[:3] }),
-			wantPeers:    []Peer{three[1], three[0]},
+			cfg:          with(func(c *desired.TunnelConfig) { c.Peers, c.NodeIPs = three[:2], nodes[:3] }),
+			wantPeers:    []desired.Peer{three[1], three[0]},
 			wantNodes:    nodes[:3],
 			wantDecapNIC: "ens160",
 			wantAddrs:    []string{"192.168.29.64/32"},
 		},
 		{
 			name: "a block moved to another node, unmasked CIDR",
-			cfg: with(func(c *Config) {
-				c.Peers = []Peer{{pfx("192.168.154.200/26"), ip("10.10.100.210")}, three[1]}
+			cfg: with(func(c *desired.TunnelConfig) {
+				c.Peers = []desired.Peer{{CIDR: pfx("192.168.154.200/26"), NodeIP: ip("10.10.100.210")}, three[1]}
 				c.NodeIPs = nodes[:3]
 			}),
-			wantPeers:    []Peer{three[1], {pfx("192.168.154.192/26"), ip("10.10.100.210")}},
+			wantPeers:    []desired.Peer{three[1], {CIDR: pfx("192.168.154.192/26"), NodeIP: ip("10.10.100.210")}},
 			wantNodes:    nodes[:3],
 			wantDecapNIC: "ens160",
 			wantAddrs:    []string{"192.168.29.64/32"},
 		},
 		{
 			name: "new underlay interface and tunnel address",
-			cfg: with(func(c *Config) {
+			cfg: with(func(c *desired.TunnelConfig) {
 				c.UnderlayIface, c.Address = "ens192", ip("192.168.29.65")
 				c.Peers, c.NodeIPs = three[:1], nodes[:2]
 			}),
@@ -538,7 +540,7 @@ func TestEBPFMapsFollowConfig(t *testing.T) {
 		},
 		{
 			name:         "no peers, no tunnel address yet",
-			cfg:          with(func(c *Config) { c.UnderlayIface, c.Address = "ens192", netip.Addr{} }),
+			cfg:          with(func(c *desired.TunnelConfig) { c.UnderlayIface, c.Address = "ens192", netip.Addr{} }),
 			wantDecapNIC: "ens192",
 		},
 	}

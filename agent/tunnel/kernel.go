@@ -8,6 +8,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/calyx-net/calyx/agent/desired"
 )
 
 // Kernel is tunl0 as the kernel's ipip device. The kernel encapsulates and
@@ -54,7 +56,7 @@ func createIPIP(h *netlink.Handle) error {
 func (k *Kernel) Mode() Mode { return ModeKernel }
 
 // Set implements Datapath.
-func (k *Kernel) Set(cfg Config) error {
+func (k *Kernel) Set(cfg desired.TunnelConfig) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.closed {

@@ -16,6 +16,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/calyx-net/calyx/agent/desired"
 )
 
 // A lab of network namespaces for the datapath's tests and benchmark:
@@ -260,14 +262,14 @@ func (l *lab) addPod(tb testing.TB, n *labNode) {
 	must(tb, p.RouteAdd(&netlink.Route{LinkIndex: eth0, Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: gw}), "adding the pod's default route")
 }
 
-// config is the tunnel Config the agent would compute for n.
-func (n *labNode) config() Config {
-	return Config{
+// config is the tunnel configuration the agent would compute for n.
+func (n *labNode) config() desired.TunnelConfig {
+	return desired.TunnelConfig{
 		Address:       n.tunnelIP,
 		MTU:           tunnelMTU,
 		UnderlayIface: "ens160",
 		UnderlayIP:    n.ip,
-		Peers:         []Peer{{CIDR: n.remote.block, NodeIP: n.remote.ip}},
+		Peers:         []desired.Peer{{CIDR: n.remote.block, NodeIP: n.remote.ip}},
 		NodeIPs:       []netip.Addr{n.ip, n.remote.ip},
 	}
 }

@@ -16,7 +16,7 @@ const (
 	SelectEBPF   = string(ModeEBPF)
 )
 
-// Options are what a Datapath needs besides its Config.
+// Options are what a Datapath needs besides the desired.TunnelConfig Set takes.
 type Options struct {
 	// Logger receives what the datapath creates, adopts and changes.
 	// Nil means slog.Default().

@@ -3,17 +3,15 @@
 // that encapsulate and decapsulate in the kernel's wire format.
 //
 // New picks the datapath (auto, kernel or ebpf) in the node's network
-// namespace; the agent then calls Set with the whole desired Config on
-// every change and resync, and adds the routes "<block> via <nodeIP> dev
-// tunl0 onlink" itself. Close leaves everything in place: a restarted agent
+// namespace; the agent then calls Set with the whole desired.TunnelConfig
+// (computed by agent/desired) on every change and resync, and adds the
+// routes "<block> via <nodeIP> dev tunl0 onlink" itself. Close leaves everything in place: a restarted agent
 // adopts tunl0, the programs and the map contents without dropping a packet.
 // See kernel.go and ebpf.go for the two datapaths, bpf/calyx.c for the
 // programs.
 package tunnel
 
-import (
-	"net/netip"
-)
+import "github.com/calyx-net/calyx/agent/desired"
 
 // Mode is the datapath behind tunl0.
 type Mode string
@@ -25,34 +23,9 @@ const (
 	ModeEBPF Mode = "ebpf"
 )
 
-// DeviceName is the device the routes to remote blocks name.
-const DeviceName = "tunl0"
-
-// Peer is a remote block and the node whose underlay address carries it.
-type Peer struct {
-	CIDR   netip.Prefix
-	NodeIP netip.Addr
-}
-
-// Config is the whole desired state of the tunnel on this node. Set takes
-// all of it every time; it is the output of the agent's desired-state
-// function, never a delta.
-type Config struct {
-	// Address is tunl0's address (a /32 from the node's block); invalid
-	// means none yet.
-	Address netip.Addr
-	// MTU of tunl0: the underlay MTU minus the 20-byte outer header.
-	MTU int
-	// UnderlayIface is the node's NIC (ens160 in the lab) and UnderlayIP its
-	// address: the outer source of encapsulated packets.
-	UnderlayIface string
-	UnderlayIP    netip.Addr
-	// Peers are the remote blocks reached through tunl0, with their nodes.
-	Peers []Peer
-	// NodeIPs are the cluster's node addresses: IPIP is accepted only from
-	// these.
-	NodeIPs []netip.Addr
-}
+// DeviceName is tunl0, as the datapaths name it. The routes name the same
+// device through desired.TunnelDevice; this is that constant, not a copy.
+const DeviceName = desired.TunnelDevice
 
 // Stats are the datapath's counters since its programs were loaded.
 type Stats struct {
@@ -73,7 +46,7 @@ type Datapath interface {
 	// Set makes tunl0 and the datapath match cfg: it creates or adopts the
 	// device, its address, MTU and state, and (eBPF) the programs and map
 	// contents. It is idempotent, and changes only what differs.
-	Set(cfg Config) error
+	Set(cfg desired.TunnelConfig) error
 	// Stats reads the counters.
 	Stats() (Stats, error)
 	// Close releases the agent's handles but leaves tunl0, its programs

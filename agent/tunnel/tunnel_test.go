@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
+
+	"github.com/calyx-net/calyx/agent/desired"
 )
 
 // Pure logic first, then what New decides on this kernel.
@@ -76,7 +78,7 @@ func TestDiffMap(t *testing.T) {
 }
 
 func TestDesiredPeersAreNetworkOrder(t *testing.T) {
-	got := desiredPeers([]Peer{{CIDR: netip.MustParsePrefix("192.168.29.67/26"), NodeIP: netip.MustParseAddr("10.10.100.208")}})
+	got := desiredPeers([]desired.Peer{{CIDR: netip.MustParsePrefix("192.168.29.67/26"), NodeIP: netip.MustParseAddr("10.10.100.208")}})
 	want := map[calyxLpmKey]uint32{
 		// The bytes of the masked block and of the node address, whatever
 		// the host's byte order.
@@ -94,33 +96,33 @@ func TestDesiredPeersAreNetworkOrder(t *testing.T) {
 }
 
 func TestValidateEBPF(t *testing.T) {
-	ok := Config{
+	ok := desired.TunnelConfig{
 		Address: netip.MustParseAddr("192.168.29.64"), MTU: 1480,
 		UnderlayIface: "ens160", UnderlayIP: netip.MustParseAddr("10.10.100.208"),
-		Peers:   []Peer{{CIDR: netip.MustParsePrefix("192.168.154.192/26"), NodeIP: netip.MustParseAddr("10.10.100.209")}},
+		Peers:   []desired.Peer{{CIDR: netip.MustParsePrefix("192.168.154.192/26"), NodeIP: netip.MustParseAddr("10.10.100.209")}},
 		NodeIPs: []netip.Addr{netip.MustParseAddr("10.10.100.209")},
 	}
 	tests := []struct {
 		name    string
-		change  func(*Config)
+		change  func(*desired.TunnelConfig)
 		wantErr string
 	}{
-		{name: "valid", change: func(*Config) {}},
-		{name: "no address yet is fine", change: func(c *Config) { c.Address = netip.Addr{} }},
-		{name: "MTU unset", change: func(c *Config) { c.MTU = 0 }, wantErr: "MTU 0 is out of range"},
-		{name: "no NIC", change: func(c *Config) { c.UnderlayIface = "" }, wantErr: "no underlay interface"},
-		{name: "no underlay IP", change: func(c *Config) { c.UnderlayIP = netip.Addr{} }, wantErr: "underlay address"},
-		{name: "IPv6 tunnel address", change: func(c *Config) { c.Address = netip.MustParseAddr("fd00::1") }, wantErr: "not IPv4"},
+		{name: "valid", change: func(*desired.TunnelConfig) {}},
+		{name: "no address yet is fine", change: func(c *desired.TunnelConfig) { c.Address = netip.Addr{} }},
+		{name: "MTU unset", change: func(c *desired.TunnelConfig) { c.MTU = 0 }, wantErr: "MTU 0 is out of range"},
+		{name: "no NIC", change: func(c *desired.TunnelConfig) { c.UnderlayIface = "" }, wantErr: "no underlay interface"},
+		{name: "no underlay IP", change: func(c *desired.TunnelConfig) { c.UnderlayIP = netip.Addr{} }, wantErr: "underlay address"},
+		{name: "IPv6 tunnel address", change: func(c *desired.TunnelConfig) { c.Address = netip.MustParseAddr("fd00::1") }, wantErr: "not IPv4"},
 		{
 			name: "one block, two nodes",
-			change: func(c *Config) {
-				c.Peers = append(c.Peers, Peer{CIDR: netip.MustParsePrefix("192.168.154.200/26"), NodeIP: netip.MustParseAddr("10.10.100.210")})
+			change: func(c *desired.TunnelConfig) {
+				c.Peers = append(c.Peers, desired.Peer{CIDR: netip.MustParsePrefix("192.168.154.200/26"), NodeIP: netip.MustParseAddr("10.10.100.210")})
 			},
 			wantErr: "has two nodes",
 		},
 		{
 			name:    "IPv6 node",
-			change:  func(c *Config) { c.NodeIPs = append(c.NodeIPs, netip.MustParseAddr("fd00::2")) },
+			change:  func(c *desired.TunnelConfig) { c.NodeIPs = append(c.NodeIPs, netip.MustParseAddr("fd00::2")) },
 			wantErr: "not IPv4",
 		},
 	}
@@ -191,7 +193,7 @@ func TestSelection(t *testing.T) {
 		t.Errorf("New(kernel) on a kernel without ipip: %v, want advice to use ebpf", err)
 	}
 
-	cfg := Config{MTU: 1480, UnderlayIface: "ens160", UnderlayIP: netip.MustParseAddr("10.10.100.208")}
+	cfg := desired.TunnelConfig{MTU: 1480, UnderlayIface: "ens160", UnderlayIP: netip.MustParseAddr("10.10.100.208")}
 	must(t, dp.Set(cfg), "Set")
 	_, _, err = New(SelectKernel, opts)
 	if err == nil || !strings.Contains(err.Error(), "eBPF datapath's device") {
