@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/agent/nldump"
 )
 
 // Protocol is the rtnetlink protocol of the agent's routes.
@@ -194,19 +195,13 @@ func (t *Table) List() ([]desired.Route, error) {
 
 func (t *Table) listMain() ([]netlink.Route, error) {
 	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN}
-	var err error
-	// A dump interrupted by a concurrent change is incomplete: read again.
-	for range 5 {
-		var rs []netlink.Route
-		rs, err = t.h.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE)
-		if err == nil {
-			return rs, nil
-		}
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
+	rs, err := nldump.Retry(func() ([]netlink.Route, error) {
+		return t.h.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing routes: %w", err)
 	}
-	return nil, fmt.Errorf("listing routes: %w", err)
+	return rs, nil
 }
 
 func (t *Table) del(r netlink.Route) error {

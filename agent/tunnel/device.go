@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,6 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/agent/nldump"
 )
 
 // Both datapaths own tunl0's IPv4 addresses, MTU and state the same way.
@@ -69,7 +69,7 @@ func syncLink(h *netlink.Handle, log *slog.Logger, link netlink.Link, cfg desire
 		log.Info("set tunnel MTU", "device", name, "mtu", cfg.MTU)
 	}
 
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V4) })
+	addrs, err := nldump.Retry(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("listing the addresses of %s: %w", name, err)
 	}
@@ -116,18 +116,4 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-// retryDump repeats a netlink dump that the kernel interrupted because the
-// table changed under it (the agent's own pods come and go meanwhile).
-func retryDump[T any](dump func() (T, error)) (T, error) {
-	var v T
-	var err error
-	for range 5 {
-		v, err = dump()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return v, err
-		}
-	}
-	return v, err
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/agent/nldump"
 )
 
 // The eBPF datapath.
@@ -375,7 +376,7 @@ func (d *EBPF) ourFilter(link netlink.Link) (*netlink.BpfFilter, error) {
 }
 
 func ourFilter(h *netlink.Handle, link netlink.Link) (*netlink.BpfFilter, error) {
-	filters, err := retryDump(func() ([]netlink.Filter, error) {
+	filters, err := nldump.Retry(func() ([]netlink.Filter, error) {
 		return h.FilterList(link, netlink.HANDLE_MIN_INGRESS)
 	})
 	if err != nil {
@@ -475,7 +476,7 @@ func (d *EBPF) loadPrograms() (*calyxPrograms, error) {
 }
 
 func (d *EBPF) ensureClsact(link netlink.Link) error {
-	qdiscs, err := retryDump(func() ([]netlink.Qdisc, error) { return d.h.QdiscList(link) })
+	qdiscs, err := nldump.Retry(func() ([]netlink.Qdisc, error) { return d.h.QdiscList(link) })
 	if err != nil {
 		return fmt.Errorf("listing qdiscs on %s: %w", link.Attrs().Name, err)
 	}
@@ -504,7 +505,7 @@ func (d *EBPF) ensureClsact(link netlink.Link) error {
 // eBPF one, whose program would otherwise keep taking IPIP away from the
 // kernel's tunl0.
 func sweepDecap(h *netlink.Handle, log *slog.Logger, keep int) error {
-	qdiscs, err := retryDump(func() ([]netlink.Qdisc, error) { return h.QdiscList(nil) })
+	qdiscs, err := nldump.Retry(func() ([]netlink.Qdisc, error) { return h.QdiscList(nil) })
 	if err != nil {
 		return fmt.Errorf("listing qdiscs: %w", err)
 	}
