@@ -19,7 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/calyx-net/calyx/agent/desired"
 	"github.com/calyx-net/calyx/agent/firewall"
 	"github.com/calyx-net/calyx/agent/testnet"
 	"github.com/calyx-net/calyx/api/v1alpha1"
@@ -85,15 +84,15 @@ func TestAgent(t *testing.T) {
 	t.Run("registration", func(t *testing.T) {
 		for _, n := range names {
 			ann := nodeAnnotations(t, c, n)
-			if got := ann[desired.AnnotationIPv4Address]; got != nodeIPs[n]+"/24" {
-				t.Errorf("%s: %s = %q, want %s/24", n, desired.AnnotationIPv4Address, got, nodeIPs[n])
+			if got := ann[v1alpha1.AnnotationIPv4Address]; got != nodeIPs[n]+"/24" {
+				t.Errorf("%s: %s = %q, want %s/24", n, v1alpha1.AnnotationIPv4Address, got, nodeIPs[n])
 			}
-			tun, err := netip.ParseAddr(ann[desired.AnnotationTunnelAddress])
+			tun, err := netip.ParseAddr(ann[v1alpha1.AnnotationTunnelAddress])
 			if err != nil {
 				t.Fatalf("%s: tunnel address annotation: %v", n, err)
 			}
 			// The address is the node's, allocated in one of its blocks.
-			blocks, err := c.calyx.CalyxV1alpha1().IPAMBlocks().List(context.Background(), metav1.ListOptions{LabelSelector: ipam.LabelNode + "=" + n})
+			blocks, err := c.calyx.CalyxV1alpha1().IPAMBlocks().List(context.Background(), metav1.ListOptions{LabelSelector: v1alpha1.LabelNode + "=" + n})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -144,7 +143,7 @@ func TestAgent(t *testing.T) {
 			seen[n] = watchRoute(t, nodes[n], cidr)
 		}
 		b := &v1alpha1.IPAMBlock{
-			ObjectMeta: metav1.ObjectMeta{Name: ipam.BlockName(cidr), Labels: map[string]string{ipam.LabelNode: "learn-k8s-2", ipam.LabelPool: "default"}},
+			ObjectMeta: metav1.ObjectMeta{Name: ipam.BlockName(cidr), Labels: map[string]string{v1alpha1.LabelNode: "learn-k8s-2", v1alpha1.LabelPool: "default"}},
 			Spec:       v1alpha1.IPAMBlockSpec{CIDR: cidr.String(), Node: "learn-k8s-2", Pool: "default"},
 		}
 		created := time.Now()
@@ -181,7 +180,7 @@ func TestAgent(t *testing.T) {
 		})
 		t.Logf("deleted route %q back after %s", remote, d.Round(100*time.Microsecond))
 
-		tun := nodeAnnotations(t, c, n)[desired.AnnotationTunnelAddress]
+		tun := nodeAnnotations(t, c, n)[v1alpha1.AnnotationTunnelAddress]
 		node.IP(t, "addr", "del", tun+"/32", "dev", "tunl0")
 		d = eventually(t, time.Second, "tunl0 address", func() error {
 			if !strings.Contains(node.IP(t, "-4", "-o", "addr", "show", "dev", "tunl0"), "inet "+tun+"/32") {

@@ -36,7 +36,7 @@ func syntheticCluster(n int) desired.Input {
 	for i := 0; i <= 100; i++ {
 		in.Nodes = append(in.Nodes, &corev1.Node{ObjectMeta: metav1.ObjectMeta{
 			Name:        fmt.Sprintf("node-%d", i),
-			Annotations: map[string]string{desired.AnnotationIPv4Address: fmt.Sprintf("10.10.%d.%d/16", i/250, i%250+1)},
+			Annotations: map[string]string{v1alpha1.AnnotationIPv4Address: fmt.Sprintf("10.10.%d.%d/16", i/250, i%250+1)},
 		}})
 	}
 	for i := 0; i < n+4; i++ {

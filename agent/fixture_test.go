@@ -319,7 +319,7 @@ func nodeAnnotations(t testing.TB, c *cluster, name string) map[string]string {
 		t.Fatal(err)
 	}
 	out := map[string]string{}
-	for _, k := range []string{desired.AnnotationIPv4Address, desired.AnnotationTunnelAddress} {
+	for _, k := range []string{v1alpha1.AnnotationIPv4Address, v1alpha1.AnnotationTunnelAddress} {
 		if v, ok := n.Annotations[k]; ok {
 			out[k] = v
 		}

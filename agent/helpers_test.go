@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/calyx-net/calyx/agent/desired"
 	"github.com/calyx-net/calyx/agent/testnet"
 	"github.com/calyx-net/calyx/api/v1alpha1"
 	"github.com/calyx-net/calyx/lab/controlplane/cptest"
@@ -32,7 +31,7 @@ func TestConntrackHelperService(t *testing.T) {
 
 	ctx := context.Background()
 	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "pxe", Annotations: map[string]string{desired.AnnotationConntrackHelper: "tftp"}},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "pxe", Annotations: map[string]string{v1alpha1.AnnotationConntrackHelper: "tftp"}},
 		Spec: corev1.ServiceSpec{
 			Type: corev1.ServiceTypeNodePort, ClusterIP: "10.96.62.142", Selector: map[string]string{"app": "pxe"},
 			Ports: []corev1.ServicePort{{Port: 69, Protocol: corev1.ProtocolUDP, NodePort: 30069}},

@@ -182,9 +182,9 @@ func poolProblem(pools []*v1alpha1.IPPool) error {
 
 // annotations are what this agent announces on its Node.
 func (a *Agent) annotations() map[string]string {
-	ann := map[string]string{desired.AnnotationIPv4Address: a.ul.Addr.String()}
+	ann := map[string]string{v1alpha1.AnnotationIPv4Address: a.ul.Addr.String()}
 	if a.tunnelAddr.IsValid() {
-		ann[desired.AnnotationTunnelAddress] = a.tunnelAddr.String()
+		ann[v1alpha1.AnnotationTunnelAddress] = a.tunnelAddr.String()
 	}
 	return ann
 }

@@ -19,10 +19,10 @@ import (
 func node(name, ip, tunnel string) *corev1.Node {
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{}}}
 	if ip != "" {
-		n.Annotations[desired.AnnotationIPv4Address] = ip
+		n.Annotations[v1alpha1.AnnotationIPv4Address] = ip
 	}
 	if tunnel != "" {
-		n.Annotations[desired.AnnotationTunnelAddress] = tunnel
+		n.Annotations[v1alpha1.AnnotationTunnelAddress] = tunnel
 	}
 	return n
 }

@@ -105,7 +105,8 @@ func CheckIPAM(s *Snapshot) []Problem {
 			owned[b.Name][a.Ordinal] = a.Handle
 			addr := "#" + strconv.Itoa(a.Ordinal)
 			if err == nil {
-				addr = addrAt(cidr, a.Ordinal).String()
+				at, _ := v1alpha1.AddrAt(cidr.Masked(), a.Ordinal)
+				addr = at.String()
 			}
 			byHandle[a.Handle] = append(byHandle[a.Handle], where{b.Spec.CIDR, addr})
 			switch {
@@ -188,11 +189,4 @@ func short(id string) string {
 		return id[:12]
 	}
 	return orNone(id)
-}
-
-// addrAt is the address at ordinal o of cidr.
-func addrAt(cidr netip.Prefix, o int) netip.Addr {
-	b := cidr.Masked().Addr().As4()
-	n := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) + uint32(o)
-	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 }

@@ -11,7 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/api/v1alpha1"
 )
 
 // Agent states of NodeInfo. The agent publishes nothing but its
@@ -65,8 +65,8 @@ func NodeInfos(s *Snapshot) []NodeInfo {
 	}
 	out := []NodeInfo{}
 	for _, n := range s.Nodes {
-		ni := NodeInfo{Name: n.Name, UnderlayIP: n.Annotations[desired.AnnotationIPv4Address],
-			TunnelAddress: n.Annotations[desired.AnnotationTunnelAddress], NodeReady: "Unknown"}
+		ni := NodeInfo{Name: n.Name, UnderlayIP: n.Annotations[v1alpha1.AnnotationIPv4Address],
+			TunnelAddress: n.Annotations[v1alpha1.AnnotationTunnelAddress], NodeReady: "Unknown"}
 		bs := blocks[n.Name]
 		slices.Sort(bs)
 		ni.Blocks = slices.Compact(bs)

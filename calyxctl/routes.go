@@ -11,6 +11,7 @@ import (
 
 	"github.com/calyx-net/calyx/agent/desired"
 	"github.com/calyx-net/calyx/agent/routes"
+	"github.com/calyx-net/calyx/api/v1alpha1"
 )
 
 // Route comparison states.
@@ -113,7 +114,7 @@ func Routes(ctx context.Context, c *Clients, w io.Writer, format, node string) (
 		if n.Name != node {
 			continue
 		}
-		if p, err := netip.ParsePrefix(n.Annotations[desired.AnnotationIPv4Address]); err == nil {
+		if p, err := netip.ParsePrefix(n.Annotations[v1alpha1.AnnotationIPv4Address]); err == nil {
 			if l, ok := local[p.Addr()]; ok {
 				rep.Iface, mtu = l.Attrs().Name, l.Attrs().MTU
 			}
@@ -171,11 +172,11 @@ func localAddrs(h *netlink.Handle) (map[netip.Addr]netlink.Link, error) {
 // findNode is the Node whose underlay annotation is a local address.
 func findNode(s *Snapshot, local map[netip.Addr]netlink.Link) (string, error) {
 	for _, n := range s.Nodes {
-		if p, err := netip.ParsePrefix(n.Annotations[desired.AnnotationIPv4Address]); err == nil {
+		if p, err := netip.ParsePrefix(n.Annotations[v1alpha1.AnnotationIPv4Address]); err == nil {
 			if _, ok := local[p.Addr()]; ok {
 				return n.Name, nil
 			}
 		}
 	}
-	return "", fmt.Errorf("no Node's %s is an address of this machine: run calyxctl routes on a node (in its network namespace), or pass --node", desired.AnnotationIPv4Address)
+	return "", fmt.Errorf("no Node's %s is an address of this machine: run calyxctl routes on a node (in its network namespace), or pass --node", v1alpha1.AnnotationIPv4Address)
 }

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/api/v1alpha1"
 	plugin "github.com/calyx-net/calyx/cni-plugin"
 )
 
@@ -155,7 +156,8 @@ func endpoint(s *Snapshot, key string, opts TraceOptions) (Endpoint, error) {
 			}
 			for _, a := range b.Spec.Allocations {
 				if a.Namespace == ns && a.Pod == name {
-					e.IP = addrAt(cidr, a.Ordinal).String()
+					addr, _ := v1alpha1.AddrAt(cidr, a.Ordinal)
+					e.IP = addr.String()
 				}
 			}
 		}
@@ -167,13 +169,13 @@ func endpoint(s *Snapshot, key string, opts TraceOptions) (Endpoint, error) {
 		if n.Name != e.Node {
 			continue
 		}
-		if p, err := netip.ParsePrefix(n.Annotations[desired.AnnotationIPv4Address]); err == nil {
+		if p, err := netip.ParsePrefix(n.Annotations[v1alpha1.AnnotationIPv4Address]); err == nil {
 			e.NodeIP = p.Addr().String()
 		}
-		e.TunnelAddr = n.Annotations[desired.AnnotationTunnelAddress]
+		e.TunnelAddr = n.Annotations[v1alpha1.AnnotationTunnelAddress]
 	}
 	if e.NodeIP == "" {
-		return Endpoint{}, fmt.Errorf("node %s of pod %s has no %s: is calyx-agent running there?", e.Node, key, desired.AnnotationIPv4Address)
+		return Endpoint{}, fmt.Errorf("node %s of pod %s has no %s: is calyx-agent running there?", e.Node, key, v1alpha1.AnnotationIPv4Address)
 	}
 	return e, nil
 }

@@ -21,14 +21,6 @@ func blockSize(cidr netip.Prefix) int {
 	return 1 << (32 - cidr.Bits())
 }
 
-// addrAt is the address at ordinal o of the block.
-func addrAt(cidr netip.Prefix, o int) netip.Addr {
-	b := cidr.Addr().As4()
-	n := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	n += uint32(o)
-	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
-}
-
 // ordinalOf is the offset of addr in the block, or -1 when it is outside.
 func ordinalOf(cidr netip.Prefix, addr netip.Addr) int {
 	if !addr.Is4() || !cidr.Contains(addr) {
@@ -67,7 +59,8 @@ func assignInBlock(b *v1alpha1.IPAMBlock, a v1alpha1.Allocation) (netip.Addr, bo
 		b.Spec.Allocations = append(b.Spec.Allocations, a)
 		sort.Slice(b.Spec.Allocations, func(i, j int) bool { return b.Spec.Allocations[i].Ordinal < b.Spec.Allocations[j].Ordinal })
 		setCounts(b, cidr)
-		return addrAt(cidr, o), true, nil
+		addr, _ := v1alpha1.AddrAt(cidr, o) // o < blockSize(cidr)
+		return addr, true, nil
 	}
 	return netip.Addr{}, false, nil
 }
@@ -82,7 +75,8 @@ func releaseInBlock(b *v1alpha1.IPAMBlock, handle string) ([]netip.Addr, error) 
 	kept := b.Spec.Allocations[:0:0]
 	for _, x := range b.Spec.Allocations {
 		if x.Handle == handle {
-			released = append(released, addrAt(cidr, x.Ordinal))
+			addr, _ := v1alpha1.AddrAt(cidr, x.Ordinal)
+			released = append(released, addr)
 			continue
 		}
 		kept = append(kept, x)
@@ -101,7 +95,8 @@ func allocationsOf(b *v1alpha1.IPAMBlock, handle string) []netip.Addr {
 	var out []netip.Addr
 	for _, x := range b.Spec.Allocations {
 		if x.Handle == handle {
-			out = append(out, addrAt(cidr, x.Ordinal))
+			addr, _ := v1alpha1.AddrAt(cidr, x.Ordinal)
+			out = append(out, addr)
 		}
 	}
 	return out
@@ -116,7 +111,7 @@ func setCounts(b *v1alpha1.IPAMBlock, cidr netip.Prefix) {
 func newBlock(cidr netip.Prefix, pool, node string) *v1alpha1.IPAMBlock {
 	b := &v1alpha1.IPAMBlock{}
 	b.Name = BlockName(cidr)
-	b.Labels = map[string]string{LabelNode: node, LabelPool: pool}
+	b.Labels = map[string]string{v1alpha1.LabelNode: node, v1alpha1.LabelPool: pool}
 	b.Spec = v1alpha1.IPAMBlockSpec{CIDR: cidr.String(), Node: node, Pool: pool}
 	setCounts(b, cidr)
 	return b
@@ -142,5 +137,6 @@ func newBlockCursor(pool netip.Prefix, size int, node string) blockCursor {
 
 // at is the i-th block in the cursor's order, 0 <= i < n.
 func (c blockCursor) at(i int) netip.Prefix {
-	return netip.PrefixFrom(addrAt(c.pool, ((c.start+i)%c.n)<<(32-c.size)), c.size)
+	first, _ := v1alpha1.AddrAt(c.pool, ((c.start+i)%c.n)<<(32-c.size)) // i-th block of the pool
+	return netip.PrefixFrom(first, c.size)
 }

@@ -27,8 +27,8 @@ func TestOrdinals(t *testing.T) {
 		ordinal int
 		addr    string
 	}{{0, "192.168.29.64"}, {3, "192.168.29.67"}, {63, "192.168.29.127"}} {
-		if got := addrAt(block, tc.ordinal).String(); got != tc.addr {
-			t.Errorf("addrAt(%d) = %s, want %s", tc.ordinal, got, tc.addr)
+		if got, _ := v1alpha1.AddrAt(block, tc.ordinal); got.String() != tc.addr {
+			t.Errorf("AddrAt(%d) = %s, want %s", tc.ordinal, got, tc.addr)
 		}
 		if got := ordinalOf(block, netip.MustParseAddr(tc.addr)); got != tc.ordinal {
 			t.Errorf("ordinalOf(%s) = %d, want %d", tc.addr, got, tc.ordinal)

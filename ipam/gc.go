@@ -27,14 +27,14 @@ func (m *IPAM) ReleaseStale(ctx context.Context, node, network string, valid map
 	}
 	// Handles of the node (borrowed addresses included) and, for addresses
 	// whose handle was never indexed, the node's own blocks.
-	handles, err := m.store.ListHandles(ctx, map[string]string{LabelNode: node})
+	handles, err := m.store.ListHandles(ctx, map[string]string{v1alpha1.LabelNode: node})
 	if err != nil {
 		return nil, fmt.Errorf("listing the handles of node %s: %w", node, err)
 	}
 	for _, h := range handles {
 		consider(h.Spec.Handle, "")
 	}
-	blocks, err := m.store.ListBlocks(ctx, map[string]string{LabelNode: node})
+	blocks, err := m.store.ListBlocks(ctx, map[string]string{v1alpha1.LabelNode: node})
 	if err != nil {
 		return nil, fmt.Errorf("listing the blocks of node %s: %w", node, err)
 	}

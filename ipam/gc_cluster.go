@@ -170,7 +170,8 @@ func (c *Collector) Pass(ctx context.Context, cl Cluster) (PassResult, error) {
 		}
 		for _, a := range blocks[i].Spec.Allocations {
 			if k, ok := sandboxOf(&a); ok {
-				p.sandboxes[k] = append(p.sandboxes[k], addrAt(cidr, a.Ordinal))
+				addr, _ := v1alpha1.AddrAt(cidr, a.Ordinal)
+				p.sandboxes[k] = append(p.sandboxes[k], addr)
 			}
 		}
 	}
@@ -321,7 +322,8 @@ func addrIn(b *v1alpha1.IPAMBlock, a *v1alpha1.Allocation) (netip.Addr, error) {
 	if err != nil {
 		return netip.Addr{}, err
 	}
-	return addrAt(cidr, a.Ordinal), nil
+	addr, _ := v1alpha1.AddrAt(cidr, a.Ordinal)
+	return addr, nil
 }
 
 func addrOf(b *v1alpha1.IPAMBlock, a *v1alpha1.Allocation) string {
@@ -469,7 +471,7 @@ func (p *pass) handles(ctx context.Context) {
 		}
 		var err error
 		gone := false
-		if node := listed.Labels[LabelNode]; node != "" {
+		if node := listed.Labels[v1alpha1.LabelNode]; node != "" {
 			if gone, err = p.nodeGone(ctx, node); err != nil {
 				p.errs = append(p.errs, err)
 				continue

@@ -204,7 +204,7 @@ func (m *IPAM) assignSlow(ctx context.Context, node string, alloc v1alpha1.Alloc
 	}
 	// Blocks the node created but did not get to index (it died in
 	// between) are found by label and indexed now.
-	labelled, err := m.store.ListBlocks(ctx, map[string]string{LabelNode: node})
+	labelled, err := m.store.ListBlocks(ctx, map[string]string{v1alpha1.LabelNode: node})
 	if err != nil {
 		return Assignment{}, fmt.Errorf("listing the blocks of node %s: %w", node, err)
 	}
@@ -251,7 +251,7 @@ func (m *IPAM) assignSlow(ctx context.Context, node string, alloc v1alpha1.Alloc
 		return Assignment{}, fmt.Errorf("%w for node %s in pools %s: every block is claimed and strict affinity forbids borrowing; add a pool or free addresses", ErrExhausted, node, poolList(pools))
 	}
 	for _, p := range pools {
-		others, err := m.store.ListBlocks(ctx, map[string]string{LabelPool: p.Name})
+		others, err := m.store.ListBlocks(ctx, map[string]string{v1alpha1.LabelPool: p.Name})
 		if err != nil {
 			return Assignment{}, fmt.Errorf("listing the blocks of pool %s: %w", p.Name, err)
 		}
@@ -302,7 +302,7 @@ func (m *IPAM) addAffinity(ctx context.Context, node, block string) error {
 		if apierrors.IsNotFound(err) {
 			aff = &v1alpha1.IPAMAffinity{Spec: v1alpha1.IPAMAffinitySpec{Node: node, Blocks: []string{block}}}
 			aff.Name = node
-			aff.Labels = map[string]string{LabelNode: node}
+			aff.Labels = map[string]string{v1alpha1.LabelNode: node}
 			if _, err = m.store.CreateAffinity(ctx, aff); err == nil {
 				return nil
 			}
@@ -464,7 +464,7 @@ func (m *IPAM) claimBlock(ctx context.Context, pools []v1alpha1.IPPool, node str
 		if size == 0 {
 			size = 26
 		}
-		existing, err := m.store.ListBlocks(ctx, map[string]string{LabelPool: p.Name})
+		existing, err := m.store.ListBlocks(ctx, map[string]string{v1alpha1.LabelPool: p.Name})
 		if err != nil {
 			return nil, fmt.Errorf("listing the blocks of pool %s: %w", p.Name, err)
 		}
@@ -506,7 +506,7 @@ func (m *IPAM) claimBlock(ctx context.Context, pools []v1alpha1.IPPool, node str
 func (m *IPAM) index(ctx context.Context, node string, a Assignment, alloc v1alpha1.Allocation) (Assignment, error) {
 	h := &v1alpha1.IPAMHandle{}
 	h.Name = HandleObjectName(alloc.Handle)
-	h.Labels = map[string]string{LabelNode: node}
+	h.Labels = map[string]string{v1alpha1.LabelNode: node}
 	h.Spec = v1alpha1.IPAMHandleSpec{Handle: alloc.Handle, Block: BlockName(a.Block), Ordinals: []int{ordinalOf(a.Block, a.Addr)}}
 	_, err := m.store.CreateHandle(ctx, h)
 	if apierrors.IsAlreadyExists(err) {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+
+	"github.com/calyx-net/calyx/api/v1alpha1"
 )
 
 // PoolUsage counts one pool's addresses. Free includes the addresses of
@@ -66,7 +68,8 @@ func (m *IPAM) Usage(ctx context.Context) (Usage, error) {
 			Used: len(b.Spec.Allocations), Free: blockSize(cidr) - len(b.Spec.Allocations)}
 		for _, a := range b.Spec.Allocations {
 			if a.Node != "" && a.Node != b.Spec.Node {
-				bu.Borrowed = append(bu.Borrowed, addrAt(cidr, a.Ordinal).String())
+				addr, _ := v1alpha1.AddrAt(cidr, a.Ordinal)
+				bu.Borrowed = append(bu.Borrowed, addr.String())
 			}
 		}
 		u.Blocks = append(u.Blocks, bu)

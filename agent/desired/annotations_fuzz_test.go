@@ -16,10 +16,10 @@ import (
 // annotations are always there, if empty: a missing one is another case.
 func annotationInput(selfAddr, selfTunnel, peerAddr string) Input {
 	self := node("node-a", "", "")
-	self.Annotations[AnnotationIPv4Address] = selfAddr
-	self.Annotations[AnnotationTunnelAddress] = selfTunnel
+	self.Annotations[v1alpha1.AnnotationIPv4Address] = selfAddr
+	self.Annotations[v1alpha1.AnnotationTunnelAddress] = selfTunnel
 	peer := node("node-b", "", "")
-	peer.Annotations[AnnotationIPv4Address] = peerAddr
+	peer.Annotations[v1alpha1.AnnotationIPv4Address] = peerAddr
 	return Input{
 		Pools: []*v1alpha1.IPPool{pool("default", "192.168.0.0/16", v1alpha1.IPIPModeAlways, true, false)},
 		Blocks: []*v1alpha1.IPAMBlock{
@@ -52,10 +52,10 @@ func FuzzNodeAnnotations(f *testing.F) {
 
 		tc := st.Tunnel
 		if tc.Address.IsValid() && !tc.Address.Is4() {
-			t.Fatalf("%s %q gives tunl0 the non-IPv4 address %v", AnnotationTunnelAddress, selfTunnel, tc.Address)
+			t.Fatalf("%s %q gives tunl0 the non-IPv4 address %v", v1alpha1.AnnotationTunnelAddress, selfTunnel, tc.Address)
 		}
 		if tc.UnderlayIP.IsValid() && !tc.UnderlayIP.Is4() {
-			t.Fatalf("%s %q gives the non-IPv4 underlay address %v", AnnotationIPv4Address, selfAddr, tc.UnderlayIP)
+			t.Fatalf("%s %q gives the non-IPv4 underlay address %v", v1alpha1.AnnotationIPv4Address, selfAddr, tc.UnderlayIP)
 		}
 		for _, a := range append(tc.NodeIPs, st.Firewall.NodeIPs...) {
 			if !a.Is4() {
@@ -72,15 +72,15 @@ func FuzzNodeAnnotations(f *testing.F) {
 		refused := func(node, key string) bool {
 			return strings.Contains(notes, "node "+node+" has an invalid "+key)
 		}
-		if tc.Address.IsValid() == refused("node-a", AnnotationTunnelAddress) {
-			t.Fatalf("%s %q: address %v, notes %q: exactly one of the two expected", AnnotationTunnelAddress, selfTunnel, tc.Address, st.Notes)
+		if tc.Address.IsValid() == refused("node-a", v1alpha1.AnnotationTunnelAddress) {
+			t.Fatalf("%s %q: address %v, notes %q: exactly one of the two expected", v1alpha1.AnnotationTunnelAddress, selfTunnel, tc.Address, st.Notes)
 		}
-		if tc.UnderlayIP.IsValid() == refused("node-a", AnnotationIPv4Address) {
-			t.Fatalf("%s %q: underlay %v, notes %q: exactly one of the two expected", AnnotationIPv4Address, selfAddr, tc.UnderlayIP, st.Notes)
+		if tc.UnderlayIP.IsValid() == refused("node-a", v1alpha1.AnnotationIPv4Address) {
+			t.Fatalf("%s %q: underlay %v, notes %q: exactly one of the two expected", v1alpha1.AnnotationIPv4Address, selfAddr, tc.UnderlayIP, st.Notes)
 		}
 		peerRouted := len(tc.Peers) == 1
-		if peerRouted == refused("node-b", AnnotationIPv4Address) {
-			t.Fatalf("%s %q on node-b: peers %v, notes %q: exactly one of the two expected", AnnotationIPv4Address, peerAddr, tc.Peers, st.Notes)
+		if peerRouted == refused("node-b", v1alpha1.AnnotationIPv4Address) {
+			t.Fatalf("%s %q on node-b: peers %v, notes %q: exactly one of the two expected", v1alpha1.AnnotationIPv4Address, peerAddr, tc.Peers, st.Notes)
 		}
 
 		// Accepted values, written canonically, give the same state.

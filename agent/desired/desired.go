@@ -15,14 +15,16 @@ import (
 	"github.com/calyx-net/calyx/api/v1alpha1"
 )
 
-// Node annotations the agent writes at start-up and every agent reads.
+// The annotation keys live in api/v1alpha1 next to the types. These names
+// stay for code outside the agent that still spells them here (bench,
+// test/e2e); new code uses v1alpha1's.
 const (
-	// AnnotationIPv4Address is the node's underlay address with its prefix
-	// length (10.10.100.208/24): the outer address of IP-in-IP packets, and
-	// the subnet CrossSubnet compares against.
-	AnnotationIPv4Address = "calyx.dev/ipv4-address"
-	// AnnotationTunnelAddress is tunl0's address (192.168.154.192).
-	AnnotationTunnelAddress = "calyx.dev/ipv4-tunnel-address"
+	// Deprecated: use v1alpha1.AnnotationIPv4Address.
+	AnnotationIPv4Address = v1alpha1.AnnotationIPv4Address
+	// Deprecated: use v1alpha1.AnnotationTunnelAddress.
+	AnnotationTunnelAddress = v1alpha1.AnnotationTunnelAddress
+	// Deprecated: use v1alpha1.AnnotationConntrackHelper.
+	AnnotationConntrackHelper = v1alpha1.AnnotationConntrackHelper
 )
 
 // RouteProtocol marks the routes the agent owns (rtnetlink protocol 202,
@@ -153,16 +155,16 @@ func Compute(in Input) State {
 	exists := map[string]bool{}
 	for _, n := range in.Nodes {
 		exists[n.Name] = true
-		v, ok := n.Annotations[AnnotationIPv4Address]
+		v, ok := n.Annotations[v1alpha1.AnnotationIPv4Address]
 		if !ok {
 			if n.Name != in.Node {
-				notef("node %s has no %s yet (its agent has not started): its blocks are not routed", n.Name, AnnotationIPv4Address)
+				notef("node %s has no %s yet (its agent has not started): its blocks are not routed", n.Name, v1alpha1.AnnotationIPv4Address)
 			}
 			continue
 		}
 		p, err := netip.ParsePrefix(v)
 		if err != nil || !p.Addr().Is4() {
-			notef("node %s has an invalid %s %q: its blocks are not routed", n.Name, AnnotationIPv4Address, v)
+			notef("node %s has an invalid %s %q: its blocks are not routed", n.Name, v1alpha1.AnnotationIPv4Address, v)
 			continue
 		}
 		addrs[n.Name] = nodeAddr{ip: p.Addr(), subnet: p.Masked()}
@@ -254,7 +256,7 @@ func Compute(in Input) State {
 			if a.Node == "" || a.Node == b.Spec.Node || a.Node == in.Node {
 				continue
 			}
-			addr, ok := addrAt(cidr, a.Ordinal)
+			addr, ok := v1alpha1.AddrAt(cidr, a.Ordinal)
 			if !ok {
 				notef("block %s has an allocation at ordinal %d, outside the block: ignored", b.Name, a.Ordinal)
 				continue
@@ -277,11 +279,11 @@ func Compute(in Input) State {
 		if n.Name != in.Node {
 			continue
 		}
-		if v, ok := n.Annotations[AnnotationTunnelAddress]; ok {
+		if v, ok := n.Annotations[v1alpha1.AnnotationTunnelAddress]; ok {
 			if a, err := parseAddr(v); err == nil {
 				st.Tunnel.Address = a
 			} else {
-				notef("node %s has an invalid %s %q: tunl0 gets no address", n.Name, AnnotationTunnelAddress, v)
+				notef("node %s has an invalid %s %q: tunl0 gets no address", n.Name, v1alpha1.AnnotationTunnelAddress, v)
 			}
 		}
 	}
@@ -326,15 +328,4 @@ func parseAddr(v string) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("%q is not an IPv4 address", v)
 	}
 	return a, nil
-}
-
-// addrAt is the address at ordinal o of block cidr.
-func addrAt(cidr netip.Prefix, o int) (netip.Addr, bool) {
-	if o < 0 || o >= 1<<(32-cidr.Bits()) {
-		return netip.Addr{}, false
-	}
-	b := cidr.Addr().As4()
-	n := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	n += uint32(o)
-	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}), true
 }

@@ -14,10 +14,10 @@ import (
 func node(name, addr, tunnelAddr string) *corev1.Node {
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{}}}
 	if addr != "" {
-		n.Annotations[AnnotationIPv4Address] = addr
+		n.Annotations[v1alpha1.AnnotationIPv4Address] = addr
 	}
 	if tunnelAddr != "" {
-		n.Annotations[AnnotationTunnelAddress] = tunnelAddr
+		n.Annotations[v1alpha1.AnnotationTunnelAddress] = tunnelAddr
 	}
 	return n
 }

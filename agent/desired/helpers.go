@@ -8,14 +8,9 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-)
 
-// AnnotationConntrackHelper on a Service asks every node to attach the
-// kernel's conntrack helper of that name (tftp, ftp) to connections to the
-// Service. TFTP through a DNAT needs it: the server answers from a new
-// port and from the pod IP, which a client that keeps the ClusterIP
-// (tftp-hpa) never accepts unless the helper expects that reply.
-const AnnotationConntrackHelper = "calyx.dev/conntrack-helper"
+	"github.com/calyx-net/calyx/api/v1alpha1"
+)
 
 // helperProtocols are the helpers calyx attaches, with the protocol each
 // one tracks.
@@ -52,7 +47,7 @@ func (h Helper) String() string {
 // notes for annotations calyx cannot honour.
 func helpers(svcs []*corev1.Service) (out []Helper, notes []string) {
 	for _, s := range svcs {
-		v, ok := s.Annotations[AnnotationConntrackHelper]
+		v, ok := s.Annotations[v1alpha1.AnnotationConntrackHelper]
 		if !ok {
 			continue
 		}
@@ -60,7 +55,7 @@ func helpers(svcs []*corev1.Service) (out []Helper, notes []string) {
 		name := strings.ToLower(strings.TrimSpace(v))
 		proto, known := helperProtocols[name]
 		if !known {
-			notes = append(notes, fmt.Sprintf("service %s: %s %q is not a helper calyx attaches (tftp, ftp): ignored", key, AnnotationConntrackHelper, v))
+			notes = append(notes, fmt.Sprintf("service %s: %s %q is not a helper calyx attaches (tftp, ftp): ignored", key, v1alpha1.AnnotationConntrackHelper, v))
 			continue
 		}
 		var addrs []netip.Addr

@@ -6,6 +6,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/calyx-net/calyx/api/v1alpha1"
 )
 
 func service(ns, name, clusterIP, helper string, ports ...corev1.ServicePort) *corev1.Service {
@@ -14,7 +16,7 @@ func service(ns, name, clusterIP, helper string, ports ...corev1.ServicePort) *c
 		Spec:       corev1.ServiceSpec{ClusterIP: clusterIP, ClusterIPs: []string{clusterIP}, Ports: ports},
 	}
 	if helper != "" {
-		s.Annotations = map[string]string{AnnotationConntrackHelper: helper}
+		s.Annotations = map[string]string{v1alpha1.AnnotationConntrackHelper: helper}
 	}
 	return s
 }

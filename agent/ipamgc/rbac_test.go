@@ -51,7 +51,7 @@ func TestShippedRBAC(t *testing.T) {
 	g.tunnelAddr("n2")
 	g.deleteNode("n2")
 	if _, err := admin.CalyxV1alpha1().IPAMHandles().Create(ctx, &v1alpha1.IPAMHandle{
-		ObjectMeta: metav1.ObjectMeta{Name: "stale", Labels: map[string]string{ipam.LabelNode: "n1"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "stale", Labels: map[string]string{v1alpha1.LabelNode: "n1"}},
 		Spec:       v1alpha1.IPAMHandleSpec{Handle: "stale", Block: "10-0-0-248-29"},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

@@ -404,7 +404,7 @@ func (r *rig) state() ipamState {
 		cidr := netip.MustParsePrefix(b.Spec.CIDR)
 		owner[b.Name] = map[int]string{}
 		for _, a := range b.Spec.Allocations {
-			addr := addrAt(cidr, a.Ordinal)
+			addr, _ := v1alpha1.AddrAt(cidr, a.Ordinal)
 			if h, dup := seenAddr[addr]; dup {
 				st.problems = append(st.problems, fmt.Sprintf("%s allocated to %s and %s", addr, h, a.Handle))
 			}
@@ -434,12 +434,6 @@ func (r *rig) state() ipamState {
 	sort.Strings(st.problems)
 	sort.Strings(st.handles)
 	return st
-}
-
-func addrAt(cidr netip.Prefix, o int) netip.Addr {
-	a := cidr.Addr().As4()
-	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) + uint32(o)
-	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 }
 
 func seed(t *testing.T) uint64 {
