@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
@@ -31,6 +32,10 @@ func Run(funcs skel.CNIFuncs, versions version.PluginInfo, about string) {
 	if e == nil {
 		return
 	}
+	// skel fails on its environment before reading stdin, but the
+	// runtime has sent the request's configuration all the same: the
+	// error answers in the version it asked for.
+	stdin.wait(time.Second)
 	out, err := json.MarshalIndent(Error{
 		CNIVersion: ErrorVersion(stdin.bytes(), versions),
 		Code:       e.Code, Msg: e.Msg, Details: e.Details,
@@ -64,10 +69,19 @@ func ErrorVersion(netconf []byte, versions version.PluginInfo) string {
 	return newest
 }
 
-// lockedBuffer keeps what skel read from stdin.
+// lockedBuffer keeps what came on stdin.
 type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	done chan struct{} // closed at stdin's end
+}
+
+// wait waits for stdin's end, at most timeout (a terminal may never end).
+func (b *lockedBuffer) wait(timeout time.Duration) {
+	select {
+	case <-b.done:
+	case <-time.After(timeout):
+	}
 }
 
 func (b *lockedBuffer) Write(p []byte) (int, error) {
@@ -84,16 +98,19 @@ func (b *lockedBuffer) bytes() []byte {
 
 // teeStdin puts a pipe in front of stdin that keeps a copy of what skel
 // reads. skel reads stdin only when its environment checks pass (never
-// for VERSION), so stdin is read lazily, as skel would.
+// for VERSION); the copy goes on to stdin's end regardless, so an error
+// about the environment still knows the request's version.
 func teeStdin() *lockedBuffer {
-	kept := &lockedBuffer{}
+	kept := &lockedBuffer{done: make(chan struct{})}
 	r, w, err := os.Pipe()
 	if err != nil {
+		close(kept.done)
 		return kept // skel reads the real stdin; errors name the newest version
 	}
 	orig := os.Stdin
 	os.Stdin = r
 	go func() {
+		defer close(kept.done)
 		io.Copy(w, io.TeeReader(orig, kept))
 		w.Close()
 	}()
