@@ -47,6 +47,20 @@ func TestLab(t *testing.T) {
 			}
 		}
 	})
+	t.Run("kube-proxy as kubeadm runs it: mode \"\" in its ConfigMap, iptables on every node", func(t *testing.T) {
+		cm, err := c.Kubectl(ctx, nil, "describe", "cm", "-n", "kube-system", "kube-proxy")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !regexp.MustCompile(`(?m)^mode: ""$`).MatchString(cm) {
+			t.Errorf("kubectl describe cm -n kube-system kube-proxy has no `mode: \"\"`:\n%s", cm)
+		}
+		for _, n := range nodes {
+			if mode, err := lab.ProxyMode(ctx, n.name); err != nil || mode != "iptables" {
+				t.Errorf("curl 127.0.0.1:10249/proxyMode on %s: %q, %v; want iptables", n.name, mode, err)
+			}
+		}
+	})
 	pods := map[string]*lab.PodState{}
 	for _, n := range nodes {
 		spec := lab.PodSpec{Namespace: "e2e", Name: "pod-" + n.name, Node: n.name}
