@@ -1,7 +1,10 @@
 // Package testnet builds the agent tests' networks: named network
 // namespaces standing for nodes, joined by a bridge that lives in a
-// namespace of its own, so nothing touches the host's network. Everything
-// is removed when the test ends.
+// namespace of its own, so nothing touches the host's network; pods wired
+// to their nodes as the CNI plugin wires them. Everything is removed when
+// the test ends. It is the one underlay builder of agent/'s tests (the
+// agent's, the firewall's, the routes', the tunnel datapath's), and it
+// switches threads into namespaces only through agent/nsexec.
 package testnet
 
 import (
@@ -10,7 +13,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -70,6 +76,12 @@ func (n *NS) Exec(t testing.TB, args ...string) string {
 	return run(t, "ip", append([]string{"netns", "exec", n.Name}, args...)...)
 }
 
+// Command is a command that runs inside the namespace, for the caller to
+// start and wait for (a server in the background).
+func (n *NS) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+}
+
 // Netlink is a netlink handle in the namespace, closed when the test ends.
 func (n *NS) Netlink(t testing.TB) *netlink.Handle {
 	t.Helper()
@@ -115,6 +127,14 @@ type Underlay struct {
 	n  int
 }
 
+// AddGateway gives the bridge the address cidr (10.10.100.1/24), so that
+// the bridge's namespace answers as the underlay's router: real nodes have
+// a default route, and proxy ARP for a pod's 169.254.1.1 needs one.
+func (u *Underlay) AddGateway(t testing.TB, cidr string) {
+	t.Helper()
+	u.NS.IP(t, "addr", "add", cidr, "dev", "br0")
+}
+
 // NewUnderlay creates the bridge namespace.
 func NewUnderlay(t testing.TB) *Underlay {
 	t.Helper()
@@ -148,10 +168,13 @@ func run(t testing.TB, name string, args ...string) string {
 }
 
 // Sysctl sets a sysctl inside the namespace (key in /proc/sys path form,
-// net/ipv4/ip_forward).
+// net/ipv4/ip_forward). A sysctl under /proc/sys/net belongs to the
+// namespace of the thread that opens it.
 func (n *NS) Sysctl(t testing.TB, key, value string) {
 	t.Helper()
-	n.Exec(t, "sh", "-c", fmt.Sprintf("echo %s > /proc/sys/%s", value, key))
+	n.Do(t, func() error {
+		return os.WriteFile(filepath.Join("/proc/sys", key), []byte(value+"\n"), 0o644)
+	})
 }
 
 // Do runs f on a thread inside the namespace. Sockets f opens stay in the
@@ -173,14 +196,35 @@ type Pod struct {
 	Host string // the host-side cali interface
 }
 
+// PodOption changes how AddPod wires a pod.
+type PodOption func(*podOptions)
+
+type podOptions struct{ mtu int }
+
+// WithMTU gives both ends of the pod's veth the MTU mtu, as the CNI plugin
+// does with the tunnel's MTU (the underlay's minus 20).
+func WithMTU(mtu int) PodOption { return func(o *podOptions) { o.mtu = mtu } }
+
 // AddPod wires a pod namespace to node as the CNI plugin does: veth eth0
 // with ip/32 and a default route via 169.254.1.1, answered by proxy ARP on
 // the host side caliXXXX, which gets the /32 route to the pod.
-func AddPod(t testing.TB, node *NS, ip string) *Pod {
+func AddPod(t testing.TB, node *NS, ip string, opts ...PodOption) *Pod {
 	t.Helper()
+	var o podOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	pod := New(t, "cx-pod")
 	host := "cali" + suffix() + "0"
-	node.IP(t, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", pod.Name)
+	veth := []string{"link", "add", host}
+	if o.mtu > 0 {
+		veth = append(veth, "mtu", strconv.Itoa(o.mtu))
+	}
+	veth = append(veth, "type", "veth", "peer", "name", "eth0")
+	if o.mtu > 0 {
+		veth = append(veth, "mtu", strconv.Itoa(o.mtu))
+	}
+	node.IP(t, append(veth, "netns", pod.Name)...)
 	node.Sysctl(t, "net/ipv4/conf/"+host+"/proxy_arp", "1")
 	node.Sysctl(t, "net/ipv4/neigh/"+host+"/proxy_delay", "0")
 	node.Sysctl(t, "net/ipv4/conf/"+host+"/forwarding", "1")

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/agent/testnet"
 )
 
 // BenchmarkPodToPod measures iperf3 TCP throughput from the client pod to
@@ -49,7 +50,7 @@ func BenchmarkPodToPod(b *testing.B) {
 		addVXLAN(b, n)
 	}
 
-	srv := server.pod.command("iperf3", "--server", "--port", "5201")
+	srv := server.pod.Command("iperf3", "--server", "--port", "5201")
 	if err := srv.Start(); err != nil {
 		b.Fatalf("starting iperf3 in the server pod: %v", err)
 	}
@@ -182,13 +183,13 @@ func dropTC(tb testing.TB, n *labNode) {
 func setPodMTU(tb testing.TB, n *labNode, mtu int) {
 	tb.Helper()
 	must(tb, n.nl.LinkSetMTU(linkByName(tb, n.nl, n.podVeth), mtu), "host veth MTU")
-	p := n.pod.handle(tb)
+	p := n.pod.Netlink(tb)
 	must(tb, p.LinkSetMTU(linkByName(tb, p, "eth0"), mtu), "pod MTU")
 }
 
 func iperf(tb testing.TB, client, server *labNode, streams, seconds int) float64 {
 	tb.Helper()
-	cmd := client.pod.command("iperf3", "--client", server.podIP.String(), "--port", "5201",
+	cmd := client.pod.Command("iperf3", "--client", server.podIP.String(), "--port", "5201",
 		"--time", strconv.Itoa(seconds), "--omit", "1", "--parallel", strconv.Itoa(streams), "--json")
 	out, err := cmd.Output()
 	if err != nil {
@@ -214,11 +215,11 @@ func iperf(tb testing.TB, client, server *labNode, streams, seconds int) float64
 //
 //	go test -run '^$' -bench EBPFSet ./agent/tunnel/
 func BenchmarkEBPFSet(b *testing.B) {
-	ns := newNetNS(b, "calyx-"+randomSuffix(b)+"-bench")
-	h := ns.handle(b)
+	ns := testnet.New(b, "cx-tun-bench")
+	h := ns.Netlink(b)
 	must(b, h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ens160"}, PeerName: "ens160-peer"}), "creating ens160")
 	setUp(b, h, "ens160", "ens160-peer")
-	dp, _, err := New(SelectEBPF, Options{NetNS: ns.h, Logger: slog.New(slog.DiscardHandler)})
+	dp, _, err := New(SelectEBPF, Options{NetNS: ns.Handle, Logger: slog.New(slog.DiscardHandler)})
 	must(b, err, "tunnel.New")
 	b.Cleanup(func() { dp.Close() })
 

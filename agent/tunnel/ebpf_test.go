@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/agent/testnet"
 )
 
 // The eBPF datapath against the real kernel, in the lab of netns_test.go:
@@ -398,7 +399,7 @@ func TestEBPFAgentRestartKeepsTrafficFlowing(t *testing.T) {
 		must(t, n.dp.Close(), n.name+": Close")
 		event(n.name + " closed")
 		time.Sleep(100 * time.Millisecond)
-		dp, reason, err := New(SelectAuto, Options{NetNS: n.ns.h, Logger: testLogger(t).With("node", n.name)})
+		dp, reason, err := New(SelectAuto, Options{NetNS: n.ns.Handle, Logger: testLogger(t).With("node", n.name)})
 		must(t, err, n.name+": tunnel.New(auto)")
 		t.Cleanup(func() { dp.Close() })
 		if dp.Mode() != ModeEBPF || !strings.Contains(reason, "already runs the eBPF datapath") {
@@ -462,14 +463,13 @@ func TestEBPFAgentRestartKeepsTrafficFlowing(t *testing.T) {
 }
 
 func TestEBPFMapsFollowConfig(t *testing.T) {
-	prefix := "calyx-" + randomSuffix(t)
-	ns := newNetNS(t, prefix+"-maps")
-	h := ns.handle(t)
+	ns := testnet.New(t, "cx-tun-maps")
+	h := ns.Netlink(t)
 	for _, nic := range []string{"ens160", "ens192"} {
 		must(t, h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: nic}, PeerName: nic + "-peer"}), "creating "+nic)
 		setUp(t, h, nic, nic+"-peer")
 	}
-	dp, _, err := New(SelectEBPF, Options{NetNS: ns.h, Logger: testLogger(t)})
+	dp, _, err := New(SelectEBPF, Options{NetNS: ns.Handle, Logger: testLogger(t)})
 	must(t, err, "tunnel.New")
 	t.Cleanup(func() { dp.Close() })
 	e := dp.(*EBPF)
@@ -719,7 +719,7 @@ func TestEBPFEncapsulatesAsTheKernel(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			nic := startCapture(t, client.ns, "ens160")
-			client.pod.do(t, func() error {
+			client.pod.Do(t, func() error {
 				conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dst))
 				if err != nil {
 					return err
@@ -771,9 +771,9 @@ func TestEBPFEncapsulatesAsTheKernel(t *testing.T) {
 
 // udpErrors is the UDP line of ns's /proc/net/snmp: receive-buffer
 // overflows there are the test's, not the datapath's.
-func udpErrors(t *testing.T, ns *netNS) string {
+func udpErrors(t *testing.T, ns *testnet.NS) string {
 	var out string
-	ns.do(t, func() error {
+	ns.Do(t, func() error {
 		b, err := os.ReadFile("/proc/thread-self/net/snmp")
 		if err != nil {
 			return err

@@ -16,6 +16,8 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
+
+	"github.com/calyx-net/calyx/agent/testnet"
 )
 
 // What a user checks with ping, nc and tcpdump, done from Go so the tests
@@ -94,10 +96,10 @@ type capture struct {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-func startCapture(tb testing.TB, ns *netNS, dev string) *capture {
+func startCapture(tb testing.TB, ns *testnet.NS, dev string) *capture {
 	tb.Helper()
 	c := &capture{done: make(chan struct{})}
-	ns.do(tb, func() error {
+	ns.Do(tb, func() error {
 		ifi, err := net.InterfaceByName(dev)
 		if err != nil {
 			return err
@@ -169,10 +171,10 @@ func (c *capture) snapshot() []frame {
 
 // ping sends count ICMP echo requests from ns to dst, one at a time, and
 // returns how many were answered.
-func ping(tb testing.TB, ns *netNS, dst netip.Addr, count int) int {
+func ping(tb testing.TB, ns *testnet.NS, dst netip.Addr, count int) int {
 	tb.Helper()
 	replies := 0
-	ns.do(tb, func() error {
+	ns.Do(tb, func() error {
 		conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
 		if err != nil {
 			return fmt.Errorf("ICMP socket: %w", err)
@@ -213,10 +215,10 @@ func ping(tb testing.TB, ns *netNS, dst netip.Addr, count int) int {
 
 // listenTCP opens a listener in ns; each connection gets its peer's address
 // written back, then everything it sends is counted and the count returned.
-func listenTCP(tb testing.TB, ns *netNS, addr netip.AddrPort) net.Listener {
+func listenTCP(tb testing.TB, ns *testnet.NS, addr netip.AddrPort) net.Listener {
 	tb.Helper()
 	var ln net.Listener
-	ns.do(tb, func() error {
+	ns.Do(tb, func() error {
 		var err error
 		ln, err = net.Listen("tcp4", addr.String())
 		return err
@@ -240,10 +242,10 @@ func listenTCP(tb testing.TB, ns *netNS, addr netip.AddrPort) net.Listener {
 }
 
 // dialTCP connects from ns; the socket stays in ns afterwards.
-func dialTCP(tb testing.TB, ns *netNS, addr netip.AddrPort) *net.TCPConn {
+func dialTCP(tb testing.TB, ns *testnet.NS, addr netip.AddrPort) *net.TCPConn {
 	tb.Helper()
 	var conn net.Conn
-	ns.do(tb, func() error {
+	ns.Do(tb, func() error {
 		var err error
 		conn, err = net.DialTimeout("tcp4", addr.String(), 5*time.Second)
 		return err
@@ -252,10 +254,10 @@ func dialTCP(tb testing.TB, ns *netNS, addr netip.AddrPort) *net.TCPConn {
 	return conn.(*net.TCPConn)
 }
 
-func listenUDP(tb testing.TB, ns *netNS, addr netip.AddrPort) *net.UDPConn {
+func listenUDP(tb testing.TB, ns *testnet.NS, addr netip.AddrPort) *net.UDPConn {
 	tb.Helper()
 	var conn *net.UDPConn
-	ns.do(tb, func() error {
+	ns.Do(tb, func() error {
 		var err error
 		conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
 		return err
@@ -295,9 +297,9 @@ type outerHeader struct {
 
 // sendIPIP sends inner to dst from ns as IP protocol 4: ns's kernel adds
 // the outer header with ns's own address as the source.
-func sendIPIP(tb testing.TB, ns *netNS, dst netip.Addr, outer outerHeader, inner []byte, count int) {
+func sendIPIP(tb testing.TB, ns *testnet.NS, dst netip.Addr, outer outerHeader, inner []byte, count int) {
 	tb.Helper()
-	ns.do(tb, func() error {
+	ns.Do(tb, func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_IPIP)
 		if err != nil {
 			return fmt.Errorf("raw IPIP socket: %w", err)

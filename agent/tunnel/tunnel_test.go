@@ -9,6 +9,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/agent/testnet"
 )
 
 // Pure logic first, then what New decides on this kernel.
@@ -165,15 +166,14 @@ func TestNewRejectsUnknownSelection(t *testing.T) {
 // TestSelection checks what New picks in a fresh node namespace on this
 // kernel, and that it refuses to swap a running datapath.
 func TestSelection(t *testing.T) {
-	prefix := "calyx-" + randomSuffix(t)
-	probe := newNetNS(t, prefix+"-probe")
-	kernelCan := createIPIP(probe.handle(t)) == nil
+	probe := testnet.New(t, "cx-tun-probe")
+	kernelCan := createIPIP(probe.Netlink(t)) == nil
 
-	ns := newNetNS(t, prefix+"-sel")
-	h := ns.handle(t)
+	ns := testnet.New(t, "cx-tun-sel")
+	h := ns.Netlink(t)
 	must(t, h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ens160"}, PeerName: "ens160-peer"}), "creating ens160")
 
-	opts := Options{NetNS: ns.h, Logger: testLogger(t)}
+	opts := Options{NetNS: ns.Handle, Logger: testLogger(t)}
 	dp, reason, err := New(SelectAuto, opts)
 	must(t, err, "New(auto)")
 	defer dp.Close()
@@ -202,11 +202,11 @@ func TestSelection(t *testing.T) {
 }
 
 func TestEBPFRefusesAForeignTunl0(t *testing.T) {
-	ns := newNetNS(t, "calyx-"+randomSuffix(t)+"-foreign")
-	h := ns.handle(t)
+	ns := testnet.New(t, "cx-tun-foreign")
+	h := ns.Netlink(t)
 	must(t, h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: DeviceName}}), "creating a bridge named tunl0")
 	for _, sel := range []string{SelectAuto, SelectEBPF} {
-		_, _, err := New(sel, Options{NetNS: ns.h, Logger: testLogger(t)})
+		_, _, err := New(sel, Options{NetNS: ns.Handle, Logger: testLogger(t)})
 		if err == nil || !strings.Contains(err.Error(), "bridge device that calyx did not create") {
 			t.Errorf("New(%s) with a bridge named tunl0: %v, want a refusal naming it", sel, err)
 		}
