@@ -11,9 +11,10 @@ import (
 	"runtime"
 	"strings"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/calyx-net/calyx/agent/nsexec"
 )
 
 const netnsDir = "/var/run/netns"
@@ -89,7 +90,7 @@ func delNetNS(name string) {
 // inNetNS runs fn on a thread switched into the named namespace; children
 // forked there (CNI plugins) start in it.
 func inNetNS(name string, fn func() error) error {
-	return ns.WithNetNSPath(netnsPath(name), func(ns.NetNS) error { return fn() })
+	return nsexec.RunAt(netnsPath(name), fn)
 }
 
 // netlinkIn is a netlink handle on the named namespace.

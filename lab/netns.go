@@ -8,9 +8,10 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/calyx-net/calyx/agent/nsexec"
 )
 
 // netnsDir is where iproute2 keeps named namespaces: `ip netns list` shows
@@ -63,18 +64,13 @@ func deleteNetNS(name string) error {
 
 // inNetNS runs fn on a thread switched into the named namespace.
 func inNetNS(name string, fn func() error) error {
-	return ns.WithNetNSPath(netnsPath(name), func(ns.NetNS) error { return fn() })
+	return nsexec.RunAt(netnsPath(name), fn)
 }
 
 // inHostThread runs fn on a locked thread and puts the thread back into the
 // caller's namespace afterwards, for calls that switch namespaces.
 func inHostThread(fn func() error) error {
-	orig, err := ns.GetCurrentNS()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	return orig.Do(func(ns.NetNS) error { return fn() })
+	return nsexec.OnThread(fn)
 }
 
 // sysctl writes a sysctl of the calling thread's network namespace.

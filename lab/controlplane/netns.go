@@ -7,7 +7,7 @@ import (
 	"net"
 	"sync"
 
-	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/calyx-net/calyx/agent/nsexec"
 )
 
 // inNetNS runs fn on a thread switched into the network namespace at path
@@ -17,20 +17,12 @@ func inNetNS(path string, fn func() error) error {
 	if path == "" {
 		return fn()
 	}
-	return ns.WithNetNSPath(path, func(ns.NetNS) error { return fn() })
+	return nsexec.RunAt(path, fn)
 }
 
 // dialIn returns a dialer whose connections start inside the namespace.
 func dialIn(path string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := inNetNS(path, func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
+	return nsexec.Dialer(path)
 }
 
 // proxy forwards a listener on the caller's loopback into the namespace,
