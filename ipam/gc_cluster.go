@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -125,8 +126,11 @@ type PassResult struct {
 
 // pass is the state of one pass.
 type pass struct {
-	c     *Collector
-	cl    Cluster
+	c  *Collector
+	cl Cluster
+	// r is what the pass reads: the collector's store, or for a dry run
+	// objects already listed.
+	r     GCReader
 	now   time.Time
 	res   PassResult
 	errs  []error
@@ -137,6 +141,14 @@ type pass struct {
 	// sandboxes are the addresses of each pod and network, by ordinal
 	// in the pass's list: more than one means earlier sandboxes' leaks.
 	sandboxes map[sandboxKey][]netip.Addr
+	// dry makes the pass decide without writing (DryRun), and record
+	// its decisions in findings instead.
+	dry      bool
+	findings []Finding
+	// dryReleased are the allocations a dry run would have released, by
+	// block name and ordinal, so that it judges the blocks they empty as
+	// the pass that released them would.
+	dryReleased map[string]map[int]bool
 }
 
 type sandboxKey struct{ namespace, pod, network string }
@@ -156,25 +168,25 @@ func (c *Collector) Forget() { clear(c.candidates) }
 // Pass collects once. It goes on past errors on single objects and
 // returns them joined with what it did.
 func (c *Collector) Pass(ctx context.Context, cl Cluster) (PassResult, error) {
-	p := &pass{c: c, cl: cl, now: c.opts.Now(), nodes: map[string]bool{}, seen: map[candidate]bool{}, listed: map[string]*v1alpha1.IPAMBlock{}}
-	blocks, err := c.store.ListBlocks(ctx, nil)
+	p := c.newPass(cl, c.store)
+	err := p.run(ctx)
+	return p.res, err
+}
+
+func (c *Collector) newPass(cl Cluster, r GCReader) *pass {
+	return &pass{c: c, cl: cl, r: r, now: c.opts.Now(), nodes: map[string]bool{}, seen: map[candidate]bool{}, listed: map[string]*v1alpha1.IPAMBlock{}}
+}
+
+// run is one pass: every allocation, then the blocks, affinities and
+// index entries of gone nodes, then the collector's memory of candidates.
+func (p *pass) run(ctx context.Context) error {
+	c := p.c
+	blocks, err := p.r.ListBlocks(ctx, nil)
 	if err != nil {
-		return p.res, fmt.Errorf("listing IPAM blocks: %w; is the API server up and the agent allowed to list ipamblocks?", err)
+		return fmt.Errorf("listing IPAM blocks: %w; is the API server up and the agent allowed to list ipamblocks?", err)
 	}
 	sort.Slice(blocks, func(i, j int) bool { return blocks[i].Name < blocks[j].Name })
-	p.sandboxes = map[sandboxKey][]netip.Addr{}
-	for i := range blocks {
-		cidr, err := parseBlock(&blocks[i])
-		if err != nil {
-			continue
-		}
-		for _, a := range blocks[i].Spec.Allocations {
-			if k, ok := sandboxOf(&a); ok {
-				addr, _ := v1alpha1.AddrAt(cidr, a.Ordinal)
-				p.sandboxes[k] = append(p.sandboxes[k], addr)
-			}
-		}
-	}
+	p.indexAddresses(blocks)
 	for i := range blocks {
 		p.listed[blocks[i].Name] = &blocks[i]
 		p.allocations(ctx, &blocks[i])
@@ -204,7 +216,48 @@ func (c *Collector) Pass(ctx context.Context, cl Cluster) (PassResult, error) {
 			p.res.Candidates++
 		}
 	}
-	return p.res, errors.Join(p.errs...)
+	return errors.Join(p.errs...)
+}
+
+// indexAddresses records the addresses each pod sandbox holds across the
+// listed blocks, a pod's siblings for the sandbox-gone rule, and for a dry
+// run the handles that hold more than one address (which the collector
+// only reports: keeping that index on every pass would cost it for nothing).
+func (p *pass) indexAddresses(blocks []v1alpha1.IPAMBlock) {
+	type held struct {
+		block *v1alpha1.IPAMBlock
+		addr  netip.Addr
+	}
+	byHandle := map[string][]held{}
+	p.sandboxes = map[sandboxKey][]netip.Addr{}
+	for i := range blocks {
+		cidr, err := parseBlock(&blocks[i])
+		if err != nil {
+			continue
+		}
+		for _, a := range blocks[i].Spec.Allocations {
+			addr, _ := v1alpha1.AddrAt(cidr, a.Ordinal)
+			if k, ok := sandboxOf(&a); ok {
+				p.sandboxes[k] = append(p.sandboxes[k], addr)
+			}
+			if p.dry {
+				byHandle[a.Handle] = append(byHandle[a.Handle], held{&blocks[i], addr})
+			}
+		}
+	}
+	for _, h := range slices.Sorted(maps.Keys(byHandle)) {
+		hs := byHandle[h]
+		if len(hs) < 2 {
+			continue
+		}
+		f := Finding{Reason: ReasonDuplicateHandle, Block: hs[0].block.Name, CIDR: hs[0].block.Spec.CIDR, Handle: h,
+			Detail: fmt.Sprintf("handle holds %d addresses, want 1", len(hs))}
+		for _, x := range hs {
+			f.Addrs = append(f.Addrs, x.addr)
+		}
+		slices.SortFunc(f.Addrs, netip.Addr.Compare)
+		p.findings = append(p.findings, f)
+	}
 }
 
 // nodeGone says whether node is gone: the cache says so and the API server
@@ -225,30 +278,54 @@ func (p *pass) nodeGone(ctx context.Context, node string) (bool, error) {
 }
 
 // podGone says why the pod an allocation at addr was made for no longer
-// uses it ("" if it may): it does not exist, a pod of that name runs on
-// another node (a StatefulSet's pod recreated elsewhere is another pod),
-// or the pod reports another address of the same network as its own.
-func (p *pass) podGone(ctx context.Context, a *v1alpha1.Allocation, addr netip.Addr, owner string, fresh bool) (string, error) {
+// uses it ("" if it may), and in a sentence for a finding: it does not
+// exist, a pod of that name runs on another node (a StatefulSet's pod
+// recreated elsewhere is another pod), or the pod reports another address
+// of the same network as its own.
+func (p *pass) podGone(ctx context.Context, a *v1alpha1.Allocation, addr netip.Addr, owner string, fresh bool) (reason, detail string, err error) {
 	pod, exists, err := p.cl.Pod(ctx, a.Namespace, a.Pod, fresh)
 	if err != nil {
-		return "", fmt.Errorf("checking whether pod %s/%s exists: %w", a.Namespace, a.Pod, err)
+		return "", "", fmt.Errorf("checking whether pod %s/%s exists: %w", a.Namespace, a.Pod, err)
 	}
-	if !exists || (pod.Node != "" && pod.Node != owner) {
-		return ReasonPodGone, nil
+	key := a.Namespace + "/" + a.Pod
+	switch {
+	case !exists:
+		return ReasonPodGone, fmt.Sprintf("pod %s (container %s) does not exist", key, shortID(a.ContainerID)), nil
+	case pod.Node != "" && pod.Node != owner:
+		return ReasonPodGone, fmt.Sprintf("pod %s runs on node %s, not %s: the address was an earlier pod's of that name", key, pod.Node, owner), nil
 	}
 	// Only between addresses of one network: a pod's status names its
 	// primary network's address alone, and the others are not leaks.
 	k, _ := sandboxOf(a)
 	siblings := p.sandboxes[k]
 	if len(siblings) < 2 || len(pod.IPs) == 0 || slices.Contains(pod.IPs, addr) {
-		return "", nil
+		return "", "", nil
 	}
 	for _, s := range siblings {
 		if s != addr && slices.Contains(pod.IPs, s) {
-			return ReasonSandboxGone, nil
+			return ReasonSandboxGone, fmt.Sprintf("pod %s uses %s now: this address was an earlier sandbox's (container %s)", key, s, shortID(a.ContainerID)), nil
 		}
 	}
-	return "", nil
+	return "", "", nil
+}
+
+// nodeGoneDetail says in a sentence why an address of a gone node goes.
+func nodeGoneDetail(a *v1alpha1.Allocation, node string) string {
+	switch {
+	case a.Type == v1alpha1.AllocationTunnel:
+		return fmt.Sprintf("tunnel address of node %s, which does not exist", node)
+	case a.Pod != "":
+		return fmt.Sprintf("address of pod %s/%s on node %s, which does not exist", a.Namespace, a.Pod, node)
+	}
+	return fmt.Sprintf("address on node %s, which does not exist", node)
+}
+
+// shortID is a container ID as runtimes print it: its first 12 characters.
+func shortID(id string) string {
+	if id == "" {
+		return "-"
+	}
+	return id[:min(len(id), 12)]
 }
 
 func (p *pass) allocations(ctx context.Context, b *v1alpha1.IPAMBlock) {
@@ -268,7 +345,7 @@ func (p *pass) allocations(ctx context.Context, b *v1alpha1.IPAMBlock) {
 			continue
 		}
 		if gone {
-			p.release(ctx, b, a, owner, ReasonNodeGone)
+			p.release(ctx, b, a, owner, ReasonNodeGone, nodeGoneDetail(a, owner))
 			continue
 		}
 		// Tunnel addresses belong to their node, and a pod address
@@ -282,7 +359,7 @@ func (p *pass) allocations(ctx context.Context, b *v1alpha1.IPAMBlock) {
 			p.errs = append(p.errs, err)
 			continue
 		}
-		reason, err := p.podGone(ctx, a, addr, owner, false)
+		reason, _, err := p.podGone(ctx, a, addr, owner, false)
 		if err != nil {
 			p.errs = append(p.errs, err)
 			continue
@@ -303,7 +380,8 @@ func (p *pass) allocations(ctx context.Context, b *v1alpha1.IPAMBlock) {
 			continue
 		}
 		// The cache may lag: only the API server's word releases.
-		if reason, err = p.podGone(ctx, a, addr, owner, true); err != nil {
+		reason, detail, err := p.podGone(ctx, a, addr, owner, true)
+		if err != nil {
 			p.errs = append(p.errs, err)
 			continue
 		}
@@ -313,7 +391,7 @@ func (p *pass) allocations(ctx context.Context, b *v1alpha1.IPAMBlock) {
 			c.log.Info("the API server shows the pod using the address; keeping it", "address", addr, "handle", a.Handle, "pod", a.Namespace+"/"+a.Pod)
 			continue
 		}
-		p.release(ctx, b, a, owner, reason)
+		p.release(ctx, b, a, owner, reason, detail)
 	}
 }
 
@@ -335,9 +413,13 @@ func addrOf(b *v1alpha1.IPAMBlock, a *v1alpha1.Allocation) string {
 }
 
 // release frees the handle's addresses in b and its index entry when that
-// points at b.
-func (p *pass) release(ctx context.Context, b *v1alpha1.IPAMBlock, a *v1alpha1.Allocation, node, reason string) {
+// points at b. A dry run records what it would free instead.
+func (p *pass) release(ctx context.Context, b *v1alpha1.IPAMBlock, a *v1alpha1.Allocation, node, reason, detail string) {
 	c := p.c
+	if p.dry {
+		p.dryRelease(b, a, node, reason, detail)
+		return
+	}
 	addrs, err := c.m.releaseInBlock(ctx, b.Name, a.Handle)
 	if err != nil {
 		p.errs = append(p.errs, fmt.Errorf("releasing %s (handle %s) in block %s: %w", addrOf(b, a), a.Handle, b.Name, err))
@@ -371,6 +453,43 @@ func (p *pass) release(ctx context.Context, b *v1alpha1.IPAMBlock, a *v1alpha1.A
 	}
 }
 
+// dryRelease records the addresses release would free: every one of the
+// handle's in b that an earlier finding did not already free.
+func (p *pass) dryRelease(b *v1alpha1.IPAMBlock, a *v1alpha1.Allocation, node, reason, detail string) {
+	cidr, err := parseBlock(b)
+	if err != nil {
+		p.errs = append(p.errs, err)
+		return
+	}
+	freed := p.dryReleased[b.Name]
+	if freed == nil {
+		freed = map[int]bool{}
+		p.dryReleased[b.Name] = freed
+	}
+	for _, x := range b.Spec.Allocations {
+		if x.Handle != a.Handle || freed[x.Ordinal] {
+			continue
+		}
+		freed[x.Ordinal] = true
+		addr, _ := v1alpha1.AddrAt(cidr, x.Ordinal)
+		p.findings = append(p.findings, Finding{Reason: reason, Block: b.Name, CIDR: b.Spec.CIDR,
+			Addrs: []netip.Addr{addr}, Handle: a.Handle, Node: node, Detail: detail})
+	}
+	delete(p.c.candidates, candidate{block: b.Name, ordinal: a.Ordinal, handle: a.Handle})
+	delete(p.seen, candidate{block: b.Name, ordinal: a.Ordinal, handle: a.Handle})
+}
+
+// held counts b's allocations, less those a dry run has released.
+func (p *pass) held(b *v1alpha1.IPAMBlock) int {
+	n := 0
+	for _, a := range b.Spec.Allocations {
+		if !p.dryReleased[b.Name][a.Ordinal] {
+			n++
+		}
+	}
+	return n
+}
+
 // deleteBlock deletes b when its node is gone and it holds no address; it
 // says whether it did.
 func (p *pass) deleteBlock(ctx context.Context, listed *v1alpha1.IPAMBlock) bool {
@@ -388,7 +507,7 @@ func (p *pass) deleteBlock(ctx context.Context, listed *v1alpha1.IPAMBlock) bool
 	// The list is from before this pass's releases, and a borrowing node
 	// may have allocated since: decide on the block as it is now, and
 	// delete exactly that version.
-	b, err := p.c.store.GetBlock(ctx, listed.Name)
+	b, err := p.r.GetBlock(ctx, listed.Name)
 	if apierrors.IsNotFound(err) {
 		return true
 	}
@@ -396,8 +515,13 @@ func (p *pass) deleteBlock(ctx context.Context, listed *v1alpha1.IPAMBlock) bool
 		p.errs = append(p.errs, fmt.Errorf("reading block %s of deleted node %s: %w", listed.Name, listed.Spec.Node, err))
 		return false
 	}
-	if len(b.Spec.Allocations) > 0 || b.Spec.Node != listed.Spec.Node {
+	if p.held(b) > 0 || b.Spec.Node != listed.Spec.Node {
 		return false // still lent out to live nodes' pods
+	}
+	if p.dry {
+		p.findings = append(p.findings, Finding{Reason: ReasonBlockOfDeletedNode, Block: b.Name, CIDR: b.Spec.CIDR, Node: b.Spec.Node,
+			Detail: fmt.Sprintf("block is affine to node %s, which does not exist", b.Spec.Node)})
+		return true
 	}
 	err = p.c.store.DeleteBlock(ctx, b.Name, b.ResourceVersion)
 	switch {
@@ -418,7 +542,7 @@ func (p *pass) deleteBlock(ctx context.Context, listed *v1alpha1.IPAMBlock) bool
 // that are kept (lent to live nodes) keep their node label, so a node that
 // comes back under the same name indexes them again.
 func (p *pass) affinities(ctx context.Context) {
-	affs, err := p.c.store.ListAffinities(ctx)
+	affs, err := p.r.ListAffinities(ctx)
 	if err != nil {
 		p.errs = append(p.errs, fmt.Errorf("listing IPAM affinities: %w", err))
 		return
@@ -435,6 +559,11 @@ func (p *pass) affinities(ctx context.Context) {
 			continue
 		}
 		if !gone {
+			continue
+		}
+		if p.dry {
+			p.findings = append(p.findings, Finding{Reason: ReasonAffinityOfDeletedNode, Node: node,
+				Detail: fmt.Sprintf("IPAMAffinity %s indexes the blocks of node %s, which does not exist", aff.Name, node)})
 			continue
 		}
 		err = p.c.store.DeleteAffinity(ctx, aff.Name, aff.ResourceVersion)
@@ -457,7 +586,7 @@ func (p *pass) affinities(ctx context.Context) {
 // the ADD fail.
 func (p *pass) handles(ctx context.Context) {
 	c := p.c
-	hs, err := c.store.ListHandles(ctx, nil)
+	hs, err := p.r.ListHandles(ctx, nil)
 	if err != nil {
 		p.errs = append(p.errs, fmt.Errorf("listing IPAM handles: %w", err))
 		return
@@ -491,7 +620,7 @@ func (p *pass) handles(ctx context.Context) {
 		}
 		// Confirm on the current objects, and delete exactly the version
 		// confirmed.
-		h, err := c.store.GetHandle(ctx, listed.Name)
+		h, err := p.r.GetHandle(ctx, listed.Name)
 		if apierrors.IsNotFound(err) {
 			continue
 		}
@@ -503,6 +632,11 @@ func (p *pass) handles(ctx context.Context) {
 			if err != nil {
 				p.errs = append(p.errs, err)
 			}
+			continue
+		}
+		if p.dry {
+			p.findings = append(p.findings, p.danglingHandle(h))
+			delete(p.seen, candidate{block: listed.Spec.Block, ordinal: -1, handle: listed.Name})
 			continue
 		}
 		err = c.store.DeleteHandleAt(ctx, h.Name, h.ResourceVersion)
@@ -519,9 +653,24 @@ func (p *pass) handles(ctx context.Context) {
 	}
 }
 
+// danglingHandle is the finding for the stale index entry h.
+func (p *pass) danglingHandle(h *v1alpha1.IPAMHandle) Finding {
+	f := Finding{Reason: ReasonDanglingHandle, Block: h.Spec.Block, Ordinals: slices.Clone(h.Spec.Ordinals),
+		Handle: h.Spec.Handle, Node: h.Labels[v1alpha1.LabelNode]}
+	if b := p.listed[h.Spec.Block]; b != nil {
+		f.CIDR = b.Spec.CIDR
+	}
+	ords := make([]string, len(h.Spec.Ordinals))
+	for i, o := range h.Spec.Ordinals {
+		ords[i] = strconv.Itoa(o)
+	}
+	f.Detail = fmt.Sprintf("IPAMHandle %s points at ordinal %s of block %s, which the handle does not hold", h.Name, strings.Join(ords, ", "), h.Spec.Block)
+	return f
+}
+
 // staleHandle says whether h points at no allocation of its handle.
 func (p *pass) staleHandle(ctx context.Context, h *v1alpha1.IPAMHandle) (bool, error) {
-	b, err := p.c.store.GetBlock(ctx, h.Spec.Block)
+	b, err := p.r.GetBlock(ctx, h.Spec.Block)
 	if apierrors.IsNotFound(err) {
 		return true, nil
 	}
