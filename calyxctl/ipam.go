@@ -1,6 +1,7 @@
 package calyxctl
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -9,10 +10,10 @@ import (
 	"strconv"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/rest"
 
 	"github.com/calyx-net/calyx/agent/desired"
-	"github.com/calyx-net/calyx/api/v1alpha1"
 	"github.com/calyx-net/calyx/ipam"
 )
 
@@ -54,19 +55,32 @@ func usageTable(w io.Writer, u ipam.Usage, blocks bool) {
 	}
 }
 
-// Problem kinds ipam check reports: what a garbage collector would release.
+// Problem kinds ipam check reports: the findings of a dry run of the
+// cluster's IPAM garbage collector (ipam.DryRun), whose rules are the only
+// ones; calyxctl keeps no copy of them.
 const (
-	// StalePod is a pod address whose Pod no longer exists.
-	StalePod = "pod-gone"
-	// StaleTunnel is a tunnel address of a Node that no longer exists.
-	StaleTunnel = "node-gone"
-	// OrphanBlock is a block affine to a Node that no longer exists.
-	OrphanBlock = "block-of-deleted-node"
+	// StalePod is a pod address whose Pod no longer exists, or runs on
+	// another node.
+	StalePod = ipam.ReasonPodGone
+	// StaleTunnel is an address (a tunnel's, or a pod's) on a Node that no
+	// longer exists.
+	StaleTunnel = ipam.ReasonNodeGone
+	// StaleSandbox is an address of an earlier sandbox of a pod that
+	// reports another address of the same network.
+	StaleSandbox = ipam.ReasonSandboxGone
+	// OrphanBlock is a block affine to a Node that no longer exists, empty
+	// once its leaks are released.
+	OrphanBlock = ipam.ReasonBlockOfDeletedNode
+	// OrphanAffinity is the block index of a Node that no longer exists.
+	OrphanAffinity = ipam.ReasonAffinityOfDeletedNode
 	// DuplicateHandle is a handle holding more than one address: a pod or
-	// a tunnel has exactly one.
-	DuplicateHandle = "duplicate-handle"
+	// a tunnel has exactly one. The collector reports it and leaves it.
+	DuplicateHandle = ipam.ReasonDuplicateHandle
 	// DanglingHandle is an IPAMHandle index entry whose allocation is gone.
-	DanglingHandle = "dangling-handle"
+	DanglingHandle = ipam.ReasonDanglingHandle
+	// Unchecked is an object the collector could not judge (an invalid
+	// block), with its error.
+	Unchecked = "unchecked"
 )
 
 // Problem is one finding of ipam check.
@@ -78,88 +92,87 @@ type Problem struct {
 	Detail  string `json:"detail"`
 }
 
-// CheckIPAM finds allocations whose pod or node is gone, blocks of deleted
-// nodes, and handles that hold several addresses or point at nothing.
-// Problems are sorted by kind, block and address.
+// CheckIPAM is what the garbage collector would release and delete in s,
+// and the handles it would leave duplicated. Problems are sorted by kind,
+// block and address.
 func CheckIPAM(s *Snapshot) []Problem {
-	nodes := map[string]bool{}
-	for _, n := range s.Nodes {
-		nodes[n.Name] = true
-	}
-	pods := map[string]bool{}
-	for _, p := range s.Pods {
-		pods[p.Namespace+"/"+p.Name] = true
-	}
+	findings, err := ipam.DryRun(context.Background(), s.gcObjects(), snapshotCluster{s})
 	var out []Problem
-	type where struct{ block, addr string }
-	byHandle := map[string][]where{}
-	owned := map[string]map[int]string{} // block → ordinal → handle
-	for _, b := range s.Blocks {
-		cidr, err := netip.ParsePrefix(b.Spec.CIDR)
-		owned[b.Name] = map[int]string{}
-		if b.Spec.Node != "" && !nodes[b.Spec.Node] {
-			out = append(out, Problem{Kind: OrphanBlock, Block: b.Spec.CIDR,
-				Detail: fmt.Sprintf("block is affine to node %s, which does not exist", b.Spec.Node)})
-		}
-		for _, a := range b.Spec.Allocations {
-			owned[b.Name][a.Ordinal] = a.Handle
-			addr := "#" + strconv.Itoa(a.Ordinal)
-			if err == nil {
-				at, _ := v1alpha1.AddrAt(cidr.Masked(), a.Ordinal)
-				addr = at.String()
-			}
-			byHandle[a.Handle] = append(byHandle[a.Handle], where{b.Spec.CIDR, addr})
-			switch {
-			case a.Type == v1alpha1.AllocationTunnel:
-				node := a.Node
-				if node == "" {
-					node = strings.TrimPrefix(a.Handle, "tunnel-")
-				}
-				if !nodes[node] {
-					out = append(out, Problem{Kind: StaleTunnel, Block: b.Spec.CIDR, Address: addr, Handle: a.Handle,
-						Detail: fmt.Sprintf("tunnel address of node %s, which does not exist", node)})
-				}
-			case a.Namespace != "" && a.Pod != "":
-				if key := a.Namespace + "/" + a.Pod; !pods[key] {
-					out = append(out, Problem{Kind: StalePod, Block: b.Spec.CIDR, Address: addr, Handle: a.Handle,
-						Detail: fmt.Sprintf("pod %s (container %s) does not exist", key, short(a.ContainerID))})
-				}
-			}
-		}
+	for _, f := range findings {
+		out = append(out, problemOf(f))
 	}
-	for h, ws := range byHandle {
-		if len(ws) < 2 {
-			continue
-		}
-		var addrs []string
-		for _, w := range ws {
-			addrs = append(addrs, w.addr)
-		}
-		slices.Sort(addrs)
-		out = append(out, Problem{Kind: DuplicateHandle, Block: ws[0].block, Address: strings.Join(addrs, ","), Handle: h,
-			Detail: fmt.Sprintf("handle holds %d addresses, want 1", len(ws))})
-	}
-	blockCIDR := map[string]string{}
-	for _, b := range s.Blocks {
-		blockCIDR[b.Name] = b.Spec.CIDR
-	}
-	for _, h := range s.Handles {
-		for _, o := range h.Spec.Ordinals {
-			if owned[h.Spec.Block][o] == h.Spec.Handle {
-				continue
-			}
-			block := blockCIDR[h.Spec.Block]
-			if block == "" {
-				block = h.Spec.Block
-			}
-			out = append(out, Problem{Kind: DanglingHandle, Block: block, Address: "#" + strconv.Itoa(o), Handle: h.Spec.Handle,
-				Detail: fmt.Sprintf("IPAMHandle %s points at ordinal %d of block %s, which the handle does not hold", h.Name, o, h.Spec.Block)})
-		}
+	for _, e := range unjoin(err) {
+		out = append(out, Problem{Kind: Unchecked, Detail: e.Error()})
 	}
 	slices.SortFunc(out, func(a, b Problem) int {
 		return strings.Compare(a.Kind+"\x00"+a.Block+"\x00"+a.Address+"\x00"+a.Handle, b.Kind+"\x00"+b.Block+"\x00"+b.Address+"\x00"+b.Handle)
 	})
 	return out
+}
+
+// problemOf is a finding as ipam check prints it: the block by its CIDR,
+// the addresses joined, an index entry's ordinals as #N.
+func problemOf(f ipam.Finding) Problem {
+	p := Problem{Kind: f.Reason, Block: cmp.Or(f.CIDR, f.Block), Handle: f.Handle, Detail: f.Detail}
+	var where []string
+	for _, a := range f.Addrs {
+		where = append(where, a.String())
+	}
+	for _, o := range f.Ordinals {
+		where = append(where, "#"+strconv.Itoa(o))
+	}
+	p.Address = strings.Join(where, ",")
+	return p
+}
+
+// unjoin lists the errors errors.Join made one.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	if err != nil {
+		return []error{err}
+	}
+	return nil
+}
+
+// gcObjects are the snapshot's IPAM objects, for the collector's dry run.
+func (s *Snapshot) gcObjects() ipam.GCObjects {
+	var o ipam.GCObjects
+	for _, b := range s.Blocks {
+		o.Blocks = append(o.Blocks, *b)
+	}
+	for _, h := range s.Handles {
+		o.Handles = append(o.Handles, *h)
+	}
+	for _, a := range s.Affinities {
+		o.Affinities = append(o.Affinities, *a)
+	}
+	return o
+}
+
+// snapshotCluster answers the collector's questions about pods and nodes
+// from the snapshot: fresh or not, the answer is the one read.
+type snapshotCluster struct{ s *Snapshot }
+
+func (c snapshotCluster) Pod(_ context.Context, namespace, name string, _ bool) (ipam.PodInfo, bool, error) {
+	for _, p := range c.s.Pods {
+		if p.Namespace != namespace || p.Name != name {
+			continue
+		}
+		info := ipam.PodInfo{Node: p.Spec.NodeName}
+		for _, ip := range p.Status.PodIPs {
+			if a, err := netip.ParseAddr(ip.IP); err == nil {
+				info.IPs = append(info.IPs, a)
+			}
+		}
+		return info, true, nil
+	}
+	return ipam.PodInfo{}, false, nil
+}
+
+func (c snapshotCluster) Node(_ context.Context, name string, _ bool) (bool, error) {
+	return slices.ContainsFunc(c.s.Nodes, func(n *corev1.Node) bool { return n.Name == name }), nil
 }
 
 // IPAMCheck writes CheckIPAM's problems and reports how many there are.
@@ -182,11 +195,4 @@ func IPAMCheck(ctx context.Context, c *Clients, w io.Writer, format string) (int
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", p.Kind, orNone(p.Block), orNone(p.Address), orNone(p.Handle), p.Detail)
 		}
 	})
-}
-
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return orNone(id)
 }

@@ -27,8 +27,10 @@ const usage = `usage: %[1]s [global flags] COMMAND [flags]
 
 commands:
   ipam show [--blocks]      pools' size, used, free, blocks; with --blocks each block
-  ipam check                allocations of deleted pods or nodes, blocks of deleted
-                            nodes, duplicated or dangling handles (exit 1 if any)
+  ipam check                what the IPAM garbage collector would free: addresses of
+                            deleted pods, nodes or earlier sandboxes, blocks and
+                            affinities of deleted nodes, dangling handles; and
+                            duplicated handles (exit 1 if any)
   nodes                     underlay IP, tunnel address, blocks, agent registration;
                             on a node, that node's agent /readyz (--health-address)
   routes [--node NAME]      on a node: the routes the datastore implies next to the
