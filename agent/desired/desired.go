@@ -140,47 +140,84 @@ type State struct {
 	Notes []string
 }
 
+// Compute is the desired state of in.Node. It reads the nodes and pools,
+// routes every block and borrowed address, and derives tunl0's and the
+// firewall's state from those; each step is a function of its own.
+func Compute(in Input) State {
+	nodes := readNodes(in.Nodes, in.Node)
+	pools := readPools(in.Pools)
+	r := newRouter(nodes, in.Node, in.Local.Iface)
+	routes, routeNotes := blockRoutes(in.Blocks, in.Node, pools, r)
+	tun, tunNotes := tunnelConfig(in, nodes, routes)
+	fw, fwNotes := firewallSets(nodes, pools, in.Services)
+	tun.NodeIPs = slices.Clone(fw.NodeIPs)
+	notes := slices.Concat(nodes.notes, pools.notes, routeNotes, tunNotes, fwNotes)
+	slices.Sort(notes)
+	return State{Routes: routes, Tunnel: tun, Firewall: fw, Notes: notes}
+}
+
 // nodeAddr is a node's underlay address as its agent announced it.
 type nodeAddr struct {
 	ip     netip.Addr
 	subnet netip.Prefix
 }
 
-// Compute is the desired state of in.Node.
-func Compute(in Input) State {
-	var st State
-	notef := func(format string, args ...any) { st.Notes = append(st.Notes, fmt.Sprintf(format, args...)) }
+// nodeFacts are the nodes as the desired state sees them.
+type nodeFacts struct {
+	// addrs are the valid announced addresses, by node; exists has every
+	// node, with an address or not.
+	addrs  map[string]nodeAddr
+	exists map[string]bool
+	// ips are the addresses in the order of the nodes.
+	ips   []netip.Addr
+	notes []string
+}
 
-	addrs := map[string]nodeAddr{}
-	exists := map[string]bool{}
-	for _, n := range in.Nodes {
-		exists[n.Name] = true
+// readNodes reads each node's underlay address annotation. self is the
+// node the state is for: its missing address is expected at start-up, and
+// not noted.
+func readNodes(nodes []*corev1.Node, self string) nodeFacts {
+	f := nodeFacts{addrs: map[string]nodeAddr{}, exists: map[string]bool{}}
+	for _, n := range nodes {
+		f.exists[n.Name] = true
 		v, ok := n.Annotations[v1alpha1.AnnotationIPv4Address]
 		if !ok {
-			if n.Name != in.Node {
-				notef("node %s has no %s yet (its agent has not started): its blocks are not routed", n.Name, v1alpha1.AnnotationIPv4Address)
+			if n.Name != self {
+				f.notes = append(f.notes, fmt.Sprintf("node %s has no %s yet (its agent has not started): its blocks are not routed", n.Name, v1alpha1.AnnotationIPv4Address))
 			}
 			continue
 		}
 		p, err := netip.ParsePrefix(v)
 		if err != nil || !p.Addr().Is4() {
-			notef("node %s has an invalid %s %q: its blocks are not routed", n.Name, v1alpha1.AnnotationIPv4Address, v)
+			f.notes = append(f.notes, fmt.Sprintf("node %s has an invalid %s %q: its blocks are not routed", n.Name, v1alpha1.AnnotationIPv4Address, v))
 			continue
 		}
-		addrs[n.Name] = nodeAddr{ip: p.Addr(), subnet: p.Masked()}
-		st.Firewall.NodeIPs = append(st.Firewall.NodeIPs, p.Addr())
+		f.addrs[n.Name] = nodeAddr{ip: p.Addr(), subnet: p.Masked()}
+		f.ips = append(f.ips, p.Addr())
 	}
-	self, selfKnown := addrs[in.Node]
+	return f
+}
 
-	type pool struct {
-		cidr netip.Prefix
-		mode v1alpha1.IPIPMode
-	}
-	pools := map[string]pool{}
-	for _, p := range in.Pools {
+// knownPool is what routing needs of an IPPool.
+type knownPool struct {
+	cidr netip.Prefix
+	mode v1alpha1.IPIPMode
+}
+
+// poolFacts are the valid pools, by name, and the ranges the firewall
+// sets hold (in the order of the pools).
+type poolFacts struct {
+	byName          map[string]knownPool
+	cidrs, natCIDRs []netip.Prefix
+	notes           []string
+}
+
+func readPools(pools []*v1alpha1.IPPool) poolFacts {
+	f := poolFacts{byName: map[string]knownPool{}}
+	for _, p := range pools {
 		cidr, err := netip.ParsePrefix(p.Spec.CIDR)
 		if err != nil || !cidr.Addr().Is4() {
-			notef("pool %s has an invalid cidr %q: ignored", p.Name, p.Spec.CIDR)
+			f.notes = append(f.notes, fmt.Sprintf("pool %s has an invalid cidr %q: ignored", p.Name, p.Spec.CIDR))
 			continue
 		}
 		cidr = cidr.Masked()
@@ -188,92 +225,122 @@ func Compute(in Input) State {
 		if mode == "" {
 			mode = v1alpha1.IPIPModeAlways
 		}
-		pools[p.Name] = pool{cidr: cidr, mode: mode}
-		st.Firewall.PoolCIDRs = append(st.Firewall.PoolCIDRs, cidr)
+		f.byName[p.Name] = knownPool{cidr: cidr, mode: mode}
+		f.cidrs = append(f.cidrs, cidr)
 		if p.Spec.NATOutgoing {
-			st.Firewall.NATPoolCIDRs = append(st.Firewall.NATPoolCIDRs, cidr)
+			f.natCIDRs = append(f.natCIDRs, cidr)
 		}
 	}
-	modeOf := func(b *v1alpha1.IPAMBlock, cidr netip.Prefix) v1alpha1.IPIPMode {
-		if p, ok := pools[b.Spec.Pool]; ok {
+	return f
+}
+
+// modeOf is the IPIP mode of block b (of range cidr): its pool's, else
+// that of a pool holding it.
+func (f poolFacts) modeOf(b *v1alpha1.IPAMBlock, cidr netip.Prefix) v1alpha1.IPIPMode {
+	if p, ok := f.byName[b.Spec.Pool]; ok {
+		return p.mode
+	}
+	for _, p := range f.byName {
+		if p.cidr.Contains(cidr.Addr()) {
 			return p.mode
 		}
-		for _, p := range pools {
-			if p.cidr.Contains(cidr.Addr()) {
-				return p.mode
-			}
-		}
-		// The pool is gone but its addresses may still be in use: keep
-		// them reachable the way that works across any underlay.
-		return v1alpha1.IPIPModeAlways
 	}
+	// The pool is gone but its addresses may still be in use: keep them
+	// reachable the way that works across any underlay.
+	return v1alpha1.IPIPModeAlways
+}
 
-	// route is how dst on node reaches it from here; ok is false when it
-	// cannot be routed (a note says why).
-	route := func(dst netip.Prefix, node string, mode v1alpha1.IPIPMode, what string) (Route, bool) {
-		peer, ok := addrs[node]
-		switch {
-		case !ok && !exists[node]:
-			notef("%s on node %s: there is no such Node (deleted?), not routed", what, node)
-			return Route{}, false
-		case !ok:
-			notef("%s on node %s: the node has no address yet, not routed", what, node)
-			return Route{}, false
-		}
-		sameSubnet := selfKnown && self.subnet.Contains(peer.ip)
-		switch {
-		case mode == v1alpha1.IPIPModeNever && !sameSubnet:
-			notef("%s on node %s: ipipMode Never and %s is not on this node's subnet, so the underlay must route it", what, node, peer.ip)
-			return Route{}, false
-		case mode == v1alpha1.IPIPModeNever, mode == v1alpha1.IPIPModeCrossSubnet && sameSubnet:
-			return Route{Dst: dst, Kind: Direct, Via: peer.ip, Dev: in.Local.Iface, Node: node}, true
-		default:
-			return Route{Dst: dst, Kind: Tunnel, Via: peer.ip, Dev: TunnelDevice, Node: node}, true
+// router decides how this node reaches a destination on another node.
+type router struct {
+	nodes     nodeFacts
+	self      nodeAddr
+	selfKnown bool
+	iface     string
+}
+
+func newRouter(nodes nodeFacts, self, iface string) router {
+	r := router{nodes: nodes, iface: iface}
+	r.self, r.selfKnown = nodes.addrs[self]
+	return r
+}
+
+// route is how dst on node reaches it from here, under the pool's mode;
+// when it cannot be routed, ok is false and note says why. what names dst
+// in the note.
+func (r router) route(dst netip.Prefix, node string, mode v1alpha1.IPIPMode, what string) (rt Route, ok bool, note string) {
+	peer, known := r.nodes.addrs[node]
+	switch {
+	case !known && !r.nodes.exists[node]:
+		return Route{}, false, fmt.Sprintf("%s on node %s: there is no such Node (deleted?), not routed", what, node)
+	case !known:
+		return Route{}, false, fmt.Sprintf("%s on node %s: the node has no address yet, not routed", what, node)
+	}
+	sameSubnet := r.selfKnown && r.self.subnet.Contains(peer.ip)
+	switch {
+	case mode == v1alpha1.IPIPModeNever && !sameSubnet:
+		return Route{}, false, fmt.Sprintf("%s on node %s: ipipMode Never and %s is not on this node's subnet, so the underlay must route it", what, node, peer.ip)
+	case mode == v1alpha1.IPIPModeNever, mode == v1alpha1.IPIPModeCrossSubnet && sameSubnet:
+		return Route{Dst: dst, Kind: Direct, Via: peer.ip, Dev: r.iface, Node: node}, true, ""
+	default:
+		return Route{Dst: dst, Kind: Tunnel, Via: peer.ip, Dev: TunnelDevice, Node: node}, true, ""
+	}
+}
+
+// blockRoutes are the routes to every block (a blackhole for self's own)
+// and to every address borrowed from a block by another node, sorted by
+// destination.
+func blockRoutes(blocks []*v1alpha1.IPAMBlock, self string, pools poolFacts, r router) (routes []Route, notes []string) {
+	add := func(rt Route, ok bool, note string) {
+		if ok {
+			routes = append(routes, rt)
+		} else {
+			notes = append(notes, note)
 		}
 	}
-
-	for _, b := range in.Blocks {
+	for _, b := range blocks {
 		cidr, err := netip.ParsePrefix(b.Spec.CIDR)
 		if err != nil || !cidr.Addr().Is4() {
-			notef("block %s has an invalid cidr %q: ignored", b.Name, b.Spec.CIDR)
+			notes = append(notes, fmt.Sprintf("block %s has an invalid cidr %q: ignored", b.Name, b.Spec.CIDR))
 			continue
 		}
 		cidr = cidr.Masked()
-		mode := modeOf(b, cidr)
+		mode := pools.modeOf(b, cidr)
 		switch b.Spec.Node {
 		case "":
 			// Affine to no node: nothing to route to.
-		case in.Node:
-			st.Routes = append(st.Routes, Route{Dst: cidr, Kind: Blackhole})
+		case self:
+			routes = append(routes, Route{Dst: cidr, Kind: Blackhole})
 		default:
-			if r, ok := route(cidr, b.Spec.Node, mode, "block "+cidr.String()); ok {
-				st.Routes = append(st.Routes, r)
-			}
+			add(r.route(cidr, b.Spec.Node, mode, "block "+cidr.String()))
 		}
 		for _, a := range b.Spec.Allocations {
 			// A borrowed address lives on another node than its block's;
 			// on its own node the CNI plugin's /32 to the pod covers it.
-			if a.Node == "" || a.Node == b.Spec.Node || a.Node == in.Node {
+			if a.Node == "" || a.Node == b.Spec.Node || a.Node == self {
 				continue
 			}
 			addr, ok := v1alpha1.AddrAt(cidr, a.Ordinal)
 			if !ok {
-				notef("block %s has an allocation at ordinal %d, outside the block: ignored", b.Name, a.Ordinal)
+				notes = append(notes, fmt.Sprintf("block %s has an allocation at ordinal %d, outside the block: ignored", b.Name, a.Ordinal))
 				continue
 			}
-			if r, ok := route(netip.PrefixFrom(addr, 32), a.Node, mode, "borrowed address "+addr.String()); ok {
-				st.Routes = append(st.Routes, r)
-			}
+			add(r.route(netip.PrefixFrom(addr, 32), a.Node, mode, "borrowed address "+addr.String()))
 		}
 	}
-	slices.SortFunc(st.Routes, func(a, b Route) int { return ComparePrefix(a.Dst, b.Dst) })
+	slices.SortFunc(routes, func(a, b Route) int { return ComparePrefix(a.Dst, b.Dst) })
+	return routes, notes
+}
 
-	st.Tunnel = TunnelConfig{UnderlayIface: in.Local.Iface}
+// tunnelConfig is tunl0's state: the NIC and its MTU less the outer
+// header, this node's underlay and tunnel addresses as announced, and a
+// peer for every route through the tunnel. NodeIPs are the firewall's.
+func tunnelConfig(in Input, nodes nodeFacts, routes []Route) (tc TunnelConfig, notes []string) {
+	tc.UnderlayIface = in.Local.Iface
 	if in.Local.MTU > 0 {
-		st.Tunnel.MTU = in.Local.MTU - EncapOverhead
+		tc.MTU = in.Local.MTU - EncapOverhead
 	}
-	if selfKnown {
-		st.Tunnel.UnderlayIP = self.ip
+	if self, ok := nodes.addrs[in.Node]; ok {
+		tc.UnderlayIP = self.ip
 	}
 	for _, n := range in.Nodes {
 		if n.Name != in.Node {
@@ -281,30 +348,28 @@ func Compute(in Input) State {
 		}
 		if v, ok := n.Annotations[v1alpha1.AnnotationTunnelAddress]; ok {
 			if a, err := parseAddr(v); err == nil {
-				st.Tunnel.Address = a
+				tc.Address = a
 			} else {
-				notef("node %s has an invalid %s %q: tunl0 gets no address", n.Name, v1alpha1.AnnotationTunnelAddress, v)
+				notes = append(notes, fmt.Sprintf("node %s has an invalid %s %q: tunl0 gets no address", n.Name, v1alpha1.AnnotationTunnelAddress, v))
 			}
 		}
 	}
-	for _, r := range st.Routes {
+	for _, r := range routes {
 		if r.Kind == Tunnel {
-			st.Tunnel.Peers = append(st.Tunnel.Peers, Peer{CIDR: r.Dst, NodeIP: r.Via})
+			tc.Peers = append(tc.Peers, Peer{CIDR: r.Dst, NodeIP: r.Via})
 		}
 	}
+	return tc, notes
+}
 
-	slices.SortFunc(st.Firewall.NodeIPs, netip.Addr.Compare)
-	st.Firewall.NodeIPs = slices.Compact(st.Firewall.NodeIPs)
-	st.Tunnel.NodeIPs = slices.Clone(st.Firewall.NodeIPs)
-	for _, s := range []*[]netip.Prefix{&st.Firewall.PoolCIDRs, &st.Firewall.NATPoolCIDRs} {
-		slices.SortFunc(*s, ComparePrefix)
-		*s = slices.Compact(*s)
-	}
-	var helperNotes []string
-	st.Firewall.Helpers, helperNotes = helpers(in.Services)
-	st.Notes = append(st.Notes, helperNotes...)
-	slices.Sort(st.Notes)
-	return st
+// firewallSets are the nftables sets' content, sorted and without
+// duplicates, and the conntrack helpers the Services ask for.
+func firewallSets(nodes nodeFacts, pools poolFacts, services []*corev1.Service) (fw Firewall, notes []string) {
+	fw.NodeIPs = slices.Compact(slices.SortedFunc(slices.Values(nodes.ips), netip.Addr.Compare))
+	fw.PoolCIDRs = slices.Compact(slices.SortedFunc(slices.Values(pools.cidrs), ComparePrefix))
+	fw.NATPoolCIDRs = slices.Compact(slices.SortedFunc(slices.Values(pools.natCIDRs), ComparePrefix))
+	fw.Helpers, notes = helpers(services)
+	return fw, notes
 }
 
 // ComparePrefix orders prefixes by address, then by length.
