@@ -330,96 +330,169 @@ func be32(v uint64) []byte { return binaryutil.BigEndian.PutUint32(uint32(v)) }
 // Reconcile makes the table match: creates what is missing, rewrites a
 // chain whose rules differ, updates set contents in place, and removes
 // chains and sets of the table that are no longer part of it. Everything
-// goes to the kernel as one transaction.
+// goes to the kernel as one transaction: each step below reads what the
+// table has and queues its changes on the same connection.
 func (f *Firewall) Reconcile(fw desired.Firewall) (Result, error) {
-	var res Result
 	c, err := f.Conn()
 	if err != nil {
-		return res, err
+		return Result{}, err
 	}
-	if _, err := c.ListTableOfFamily(TableName, table.Family); err != nil {
-		if !errors.Is(err, unix.ENOENT) {
-			return res, fmt.Errorf("reading nftables table ip %s: %w", TableName, err)
-		}
-		res.CreatedTable = true
+	tx := &transaction{c: c, fw: fw}
+	if err := tx.table(); err != nil {
+		return tx.res, err
 	}
-	c.AddTable(table) // creates, or is a no-op on the existing table
+	// Sets first: rules refer to them. Helper objects before the rules
+	// that refer to them; unused ones go at the end, after those rules.
+	staleSets, err := tx.sets()
+	if err != nil {
+		return tx.res, err
+	}
+	staleObjs, err := tx.helperObjects()
+	if err != nil {
+		return tx.res, err
+	}
+	staleChains, err := tx.chains()
+	if err != nil {
+		return tx.res, err
+	}
+	tx.remove(staleChains, staleSets, staleObjs)
+	if !tx.res.Changed() {
+		return tx.res, nil
+	}
+	if err := c.Flush(); err != nil {
+		return tx.res, fmt.Errorf("applying nftables table ip %s: %w (is nf_tables available in this kernel?)", TableName, err)
+	}
+	return tx.res, nil
+}
 
-	// Sets first: rules refer to them.
+// transaction is one Reconcile: the changes queued on c, and what they
+// change.
+type transaction struct {
+	c   *nftables.Conn
+	fw  desired.Firewall
+	res Result
+}
+
+// table adds the table; when it is new there is nothing of it to read.
+func (tx *transaction) table() error {
+	if _, err := tx.c.ListTableOfFamily(TableName, table.Family); err != nil {
+		if !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("reading nftables table ip %s: %w", TableName, err)
+		}
+		tx.res.CreatedTable = true
+	}
+	tx.c.AddTable(table) // creates, or is a no-op on the existing table
+	return nil
+}
+
+// sets creates the sets or updates their content in place, and returns
+// the table's sets that are no longer wanted.
+func (tx *transaction) sets() (stale []*nftables.Set, err error) {
+	c := tx.c
 	haveSets := map[string]*nftables.Set{}
-	if !res.CreatedTable {
+	if !tx.res.CreatedTable {
 		ss, err := c.GetSets(table)
 		if err != nil {
-			return res, fmt.Errorf("listing the sets of table ip %s: %w", TableName, err)
+			return nil, fmt.Errorf("listing the sets of table ip %s: %w", TableName, err)
 		}
 		for _, s := range ss {
 			haveSets[s.Name] = s
 		}
 	}
 	wantSets := map[string]bool{}
-	for i, s := range sets(fw) {
+	for i, s := range sets(tx.fw) {
 		wantSets[s.name] = true
-		// The ID names the set within one transaction. Choosing it here
-		// keeps AddSet off the library's global counter, which it bumps
-		// without a lock (agents of several nodes share a test process).
-		set := &nftables.Set{Table: table, Name: s.name, ID: uint32(i + 1), KeyType: nftables.TypeIPAddr, Interval: s.interval}
 		have, ok := haveSets[s.name]
 		if ok && have.Interval == s.interval && have.KeyType.Name == nftables.TypeIPAddr.Name {
-			elems, err := c.GetSetElements(have)
-			if err != nil {
-				return res, fmt.Errorf("reading set %s: %w", s.name, err)
-			}
-			if sameElements(elems, s.elems) {
-				continue
-			}
-			res.UpdatedSets = append(res.UpdatedSets, s.name)
-			if s.interval {
-				// An interval is a pair of elements; replacing the
-				// content as a whole, inside the transaction, keeps
-				// every pair intact.
-				c.FlushSet(have)
-				if len(s.elems) > 0 {
-					if err := c.SetAddElements(have, s.elems); err != nil {
-						return res, fmt.Errorf("updating set %s: %w", s.name, err)
-					}
-				}
-				continue
-			}
-			add, del := diffElements(elems, s.elems)
-			if len(del) > 0 {
-				if err := c.SetDeleteElements(have, del); err != nil {
-					return res, fmt.Errorf("updating set %s: %w", s.name, err)
-				}
-			}
-			if len(add) > 0 {
-				if err := c.SetAddElements(have, add); err != nil {
-					return res, fmt.Errorf("updating set %s: %w", s.name, err)
-				}
+			if err := tx.updateSet(have, s); err != nil {
+				return nil, err
 			}
 			continue
 		}
 		if ok {
 			// A set of another shape under our name (an older agent):
 			// the rules using it go first, with their chains below.
-			for _, ch := range chains(fw) {
+			for _, ch := range chains(tx.fw) {
 				c.FlushChain(&nftables.Chain{Table: table, Name: ch.name})
 			}
 			c.DelSet(have)
-			res.RemovedObjects = append(res.RemovedObjects, "set "+s.name)
+			tx.res.RemovedObjects = append(tx.res.RemovedObjects, "set "+s.name)
 		}
+		// The ID names the set within one transaction. Choosing it here
+		// keeps AddSet off the library's global counter, which it bumps
+		// without a lock (agents of several nodes share a test process).
+		set := &nftables.Set{Table: table, Name: s.name, ID: uint32(i + 1), KeyType: nftables.TypeIPAddr, Interval: s.interval}
 		if err := c.AddSet(set, s.elems); err != nil {
-			return res, fmt.Errorf("creating set %s: %w", s.name, err)
+			return nil, fmt.Errorf("creating set %s: %w", s.name, err)
 		}
-		res.UpdatedSets = append(res.UpdatedSets, s.name)
+		tx.res.UpdatedSets = append(tx.res.UpdatedSets, s.name)
 	}
+	for _, name := range slices.Sorted(maps.Keys(haveSets)) {
+		if !wantSets[name] {
+			stale = append(stale, haveSets[name])
+		}
+	}
+	return stale, nil
+}
 
-	// Helper objects before the rules that refer to them; unused ones
-	// go at the end, after the rules referring to them.
+// updateSet brings the content of have, a set of the right shape, to
+// want's.
+func (tx *transaction) updateSet(have *nftables.Set, want setSpec) error {
+	elems, err := tx.c.GetSetElements(have)
+	if err != nil {
+		return fmt.Errorf("reading set %s: %w", want.name, err)
+	}
+	u, changed := planSetUpdate(want.interval, elems, want.elems)
+	if !changed {
+		return nil
+	}
+	tx.res.UpdatedSets = append(tx.res.UpdatedSets, want.name)
+	if u.flush {
+		tx.c.FlushSet(have)
+	}
+	if len(u.del) > 0 {
+		if err := tx.c.SetDeleteElements(have, u.del); err != nil {
+			return fmt.Errorf("updating set %s: %w", want.name, err)
+		}
+	}
+	if len(u.add) > 0 {
+		if err := tx.c.SetAddElements(have, u.add); err != nil {
+			return fmt.Errorf("updating set %s: %w", want.name, err)
+		}
+	}
+	return nil
+}
+
+// setUpdate is how a set's content gets from what it has to what is
+// wanted: flushed and refilled, or elements deleted and added.
+type setUpdate struct {
+	flush    bool
+	add, del []nftables.SetElement
+}
+
+// planSetUpdate says how to change a set's elements from have to want,
+// and whether they differ at all. An interval is a pair of elements;
+// replacing an interval set's content as a whole, inside the transaction,
+// keeps every pair intact.
+func planSetUpdate(interval bool, have, want []nftables.SetElement) (setUpdate, bool) {
+	if sameElements(have, want) {
+		return setUpdate{}, false
+	}
+	if interval {
+		return setUpdate{flush: true, add: want}, true
+	}
+	add, del := diffElements(have, want)
+	return setUpdate{add: add, del: del}, true
+}
+
+// helperObjects adds the ct helper objects the helper rules refer to,
+// and returns those of the table that none refers to any more.
+func (tx *transaction) helperObjects() (stale []*nftables.NamedObj, err error) {
 	haveObjs := map[string]*nftables.NamedObj{}
-	if !res.CreatedTable {
-		objs, err := c.GetNamedObjects(table)
+	if !tx.res.CreatedTable {
+		objs, err := tx.c.GetNamedObjects(table)
 		if err != nil {
-			return res, fmt.Errorf("listing the objects of table ip %s: %w", TableName, err)
+			return nil, fmt.Errorf("listing the objects of table ip %s: %w", TableName, err)
 		}
 		for _, o := range objs {
 			if no, ok := o.(*nftables.NamedObj); ok && no.Type == nftables.ObjTypeCtHelper {
@@ -427,7 +500,7 @@ func (f *Firewall) Reconcile(fw desired.Firewall) (Result, error) {
 			}
 		}
 	}
-	wantObjs := helperObjects(fw.Helpers)
+	wantObjs := helperObjects(tx.fw.Helpers)
 	for _, name := range slices.Sorted(maps.Keys(wantObjs)) {
 		o := wantObjs[name]
 		if have, ok := haveObjs[name]; ok {
@@ -435,17 +508,29 @@ func (f *Firewall) Reconcile(fw desired.Firewall) (Result, error) {
 				continue
 			}
 			// The kernel cannot change a helper object in place.
-			return res, fmt.Errorf("ct helper %s in table ip %s is not what calyx makes: delete the table (nft delete table ip %s) and the agent recreates it", name, TableName, TableName)
+			return nil, fmt.Errorf("ct helper %s in table ip %s is not what calyx makes: delete the table (nft delete table ip %s) and the agent recreates it", name, TableName, TableName)
 		}
-		c.AddObj(o)
-		res.AddedObjects = append(res.AddedObjects, "ct helper "+name)
+		tx.c.AddObj(o)
+		tx.res.AddedObjects = append(tx.res.AddedObjects, "ct helper "+name)
 	}
+	for _, name := range slices.Sorted(maps.Keys(haveObjs)) {
+		if _, ok := wantObjs[name]; !ok {
+			stale = append(stale, haveObjs[name])
+		}
+	}
+	return stale, nil
+}
 
+// chains rewrites every chain whose rules differ from the wanted ones (by
+// their comments, which carry a hash of the rule), creating it if need
+// be, and returns the table's chains that are no longer wanted.
+func (tx *transaction) chains() (stale []*nftables.Chain, err error) {
+	c := tx.c
 	haveChains := map[string]*nftables.Chain{}
-	if !res.CreatedTable {
+	if !tx.res.CreatedTable {
 		all, err := c.ListChainsOfTableFamily(table.Family)
 		if err != nil {
-			return res, fmt.Errorf("listing the chains of table ip %s: %w", TableName, err)
+			return nil, fmt.Errorf("listing the chains of table ip %s: %w", TableName, err)
 		}
 		for _, ch := range all {
 			if ch.Table.Name == TableName {
@@ -454,14 +539,14 @@ func (f *Firewall) Reconcile(fw desired.Firewall) (Result, error) {
 		}
 	}
 	wantChains := map[string]bool{}
-	for _, spec := range chains(fw) {
+	for _, spec := range chains(tx.fw) {
 		wantChains[spec.name] = true
 		ch := &nftables.Chain{Table: table, Name: spec.name, Type: spec.typ, Hooknum: spec.hook, Priority: spec.priority}
 		var comments []string
 		for _, r := range spec.rules {
 			cm, err := comment(r)
 			if err != nil {
-				return res, err
+				return nil, err
 			}
 			comments = append(comments, cm)
 		}
@@ -469,7 +554,7 @@ func (f *Firewall) Reconcile(fw desired.Firewall) (Result, error) {
 		if ok && sameChain(have, ch) {
 			rules, err := c.GetRules(table, have)
 			if err != nil {
-				return res, fmt.Errorf("listing the rules of chain %s: %w", spec.name, err)
+				return nil, fmt.Errorf("listing the rules of chain %s: %w", spec.name, err)
 			}
 			if slices.Equal(ruleComments(rules), comments) {
 				continue
@@ -488,35 +573,32 @@ func (f *Firewall) Reconcile(fw desired.Firewall) (Result, error) {
 				UserData: userdata.AppendString(nil, userdata.TypeComment, comments[i]),
 			})
 		}
-		res.RewroteChains = append(res.RewroteChains, spec.name)
+		tx.res.RewroteChains = append(tx.res.RewroteChains, spec.name)
 	}
-	for name, ch := range haveChains {
+	for _, name := range slices.Sorted(maps.Keys(haveChains)) {
 		if !wantChains[name] {
-			c.FlushChain(ch)
-			c.DelChain(ch)
-			res.RemovedObjects = append(res.RemovedObjects, "chain "+name)
+			stale = append(stale, haveChains[name])
 		}
 	}
-	for name, s := range haveSets {
-		if !wantSets[name] {
-			c.DelSet(s)
-			res.RemovedObjects = append(res.RemovedObjects, "set "+name)
-		}
+	return stale, nil
+}
+
+// remove deletes what is no longer wanted: chains first (their rules
+// refer to sets and helper objects), then sets, then helper objects.
+func (tx *transaction) remove(chains []*nftables.Chain, sets []*nftables.Set, objs []*nftables.NamedObj) {
+	for _, ch := range chains {
+		tx.c.FlushChain(ch)
+		tx.c.DelChain(ch)
+		tx.res.RemovedObjects = append(tx.res.RemovedObjects, "chain "+ch.Name)
 	}
-	for _, name := range slices.Sorted(maps.Keys(haveObjs)) {
-		o := haveObjs[name]
-		if _, ok := wantObjs[name]; !ok {
-			c.DeleteObject(o)
-			res.RemovedObjects = append(res.RemovedObjects, "ct helper "+name)
-		}
+	for _, s := range sets {
+		tx.c.DelSet(s)
+		tx.res.RemovedObjects = append(tx.res.RemovedObjects, "set "+s.Name)
 	}
-	if !res.Changed() {
-		return res, nil
+	for _, o := range objs {
+		tx.c.DeleteObject(o)
+		tx.res.RemovedObjects = append(tx.res.RemovedObjects, "ct helper "+o.Name)
 	}
-	if err := c.Flush(); err != nil {
-		return res, fmt.Errorf("applying nftables table ip %s: %w (is nf_tables available in this kernel?)", TableName, err)
-	}
-	return res, nil
 }
 
 func sameChain(have, want *nftables.Chain) bool {
