@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/agent/firewall"
+	"github.com/calyx-net/calyx/agent/metrics"
 	"github.com/calyx-net/calyx/agent/nsexec"
 	"github.com/calyx-net/calyx/agent/routes"
 	"github.com/calyx-net/calyx/agent/statedir"
@@ -22,31 +24,56 @@ import (
 	"github.com/calyx-net/calyx/ipam"
 )
 
-// sync makes the node match the desired state once. Unless full, it
-// leaves the kernel alone when the desired state is the one last applied
-// and the kernel reported no change since: every pod start anywhere in the
-// cluster updates a block, and at 5,000 blocks a reconcile that finds
-// nothing to do still costs ~40 ms of dumps on every node.
+// sync makes the node match the desired state once: observe what it
+// depends on, compute it, prepare the node's files and sysctls, and apply
+// it to the kernel. Unless full, it leaves the kernel alone when the
+// desired state is the one last applied and the kernel reported no change
+// since: every pod start anywhere in the cluster updates a block, and at
+// 5,000 blocks a reconcile that finds nothing to do still costs ~40 ms of
+// dumps on every node.
 func (a *Agent) sync(ctx context.Context, full bool) error {
 	start := time.Now()
 	a.health.Beat()
-	var errs []error
-	fail := func(stage string, err error) {
-		errs = append(errs, err)
-		a.metrics.Errors.WithLabelValues(stage).Inc()
-	}
+	fails := &syncFailures{metrics: a.metrics}
 
+	st := a.desiredState(a.observe(ctx, fails))
+	a.prepareNode(fails)
+
+	if !full && a.lastOK && len(fails.errs) == 0 && !a.kernelDirty.Swap(false) && reflect.DeepEqual(st, a.last) {
+		a.metrics.Syncs.WithLabelValues("unchanged").Inc()
+		a.check(CheckSync, nil)
+		return nil
+	}
+	res, fwRes := a.apply(st, fails)
+	return a.record(start, st, res, fwRes, fails)
+}
+
+// syncFailures gathers one sync's errors, each counted by its stage.
+type syncFailures struct {
+	metrics *metrics.Metrics
+	errs    []error
+}
+
+func (f *syncFailures) add(stage string, err error) {
+	f.errs = append(f.errs, err)
+	f.metrics.Errors.WithLabelValues(stage).Inc()
+}
+
+// observe reads what the desired state depends on: the API server's
+// health, the underlay as it is now, the informers' objects, and this
+// node, registered and with the annotations the agent announces.
+func (a *Agent) observe(ctx context.Context, fails *syncFailures) desired.Input {
 	// A broken watch marked the API server down; the informers recover by
 	// themselves, this says when.
 	if ok := a.health.Checks()[CheckAPIServer] == ""; !ok {
 		if err := a.check(CheckAPIServer, a.kube.probe(ctx)); err != nil {
-			fail("apiserver", err)
+			fails.add("apiserver", err)
 		}
 	}
 
 	// The NIC's address or MTU may have changed since start-up.
 	if ul, err := underlay.Detect(a.nl, a.method); a.check(CheckUnderlay, err) != nil {
-		fail("underlay", err)
+		fails.add("underlay", err)
 	} else if ul != a.ul {
 		a.log.Info("underlay changed", "interface", ul.Iface, "address", ul.Addr, "mtu", ul.MTU)
 		a.ul = ul
@@ -63,10 +90,10 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 	if self < 0 {
 		err := fmt.Errorf("node %s is not in the API: is NODENAME right? (the kubelet registers the Node)", a.cfg.NodeName)
 		a.check(CheckNode, err)
-		fail("node", err)
+		fails.add("node", err)
 	} else {
 		if err := a.register(ctx, nodes[self], pools); err != nil {
-			fail("register", err)
+			fails.add("register", err)
 		}
 		// This node as the agent knows it, whether or not the annotations
 		// are written yet or the informer has brought them back.
@@ -75,24 +102,42 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 		nodes = slices.Clone(nodes)
 		nodes[self] = n
 	}
-
-	st := desired.Compute(desired.Input{
+	return desired.Input{
 		Pools: pools, Blocks: blocks, Nodes: nodes, Services: services, Node: a.cfg.NodeName,
 		Local: desired.Local{Iface: a.ul.Iface, MTU: a.ul.MTU},
-	})
+	}
+}
+
+// desiredState computes the state for in, with the underlay address the
+// agent found when the Node does not announce one yet, and logs the
+// objects it newly leaves out.
+func (a *Agent) desiredState(in desired.Input) desired.State {
+	st := desired.Compute(in)
 	if !st.Tunnel.UnderlayIP.IsValid() {
 		st.Tunnel.UnderlayIP = a.ul.Addr.Addr() // a local fact, Node or not
 	}
-	if !slices.Equal(st.Notes, a.last.Notes) {
-		for _, n := range st.Notes {
-			if !slices.Contains(a.last.Notes, n) {
-				a.log.Info("left out of the desired state", "why", n)
-			}
+	for _, n := range newNotes(a.last.Notes, st.Notes) {
+		a.log.Info("left out of the desired state", "why", n)
+	}
+	return st
+}
+
+// newNotes are the notes of cur that were not in last.
+func newNotes(last, cur []string) []string {
+	var out []string
+	for _, n := range cur {
+		if !slices.Contains(last, n) {
+			out = append(out, n)
 		}
 	}
+	return out
+}
 
+// prepareNode writes what the CNI plugin reads (node name, MTU), names
+// the route protocol for ip route once, and enables forwarding if asked.
+func (a *Agent) prepareNode(fails *syncFailures) {
 	if err := statedir.Write(a.cfg.StateDir, a.cfg.NodeName, a.ul.MTU-desired.EncapOverhead); err != nil {
-		fail("statedir", err)
+		fails.add("statedir", err)
 	}
 	if a.cfg.ProtocolNamesDir != "" && !a.protoNamed {
 		if err := routes.InstallProtocolName(a.cfg.ProtocolNamesDir); err != nil {
@@ -102,23 +147,22 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 	}
 	if a.cfg.EnableForwarding {
 		if err := a.enableForwarding(); err != nil {
-			fail("forwarding", err)
+			fails.add("forwarding", err)
 		}
 	}
+}
 
-	if !full && a.lastOK && len(errs) == 0 && !a.kernelDirty.Swap(false) && reflect.DeepEqual(st, a.last) {
-		a.metrics.Syncs.WithLabelValues("unchanged").Inc()
-		a.check(CheckSync, nil)
-		return nil
-	}
+// apply makes the kernel match st: tunl0 and its datapath, the routes and
+// the nftables table, each whatever became of the others.
+func (a *Agent) apply(st desired.State, fails *syncFailures) (routes.Result, firewall.Result) {
 	a.kernelDirty.Store(false)
 	dp := a.dp.Load()
 	if err := dp.Set(st.Tunnel); a.check(CheckDatapath, err) != nil {
-		fail("datapath", fmt.Errorf("setting up %s: %w", "tunl0", err))
+		fails.add("datapath", fmt.Errorf("setting up %s: %w", "tunl0", err))
 	}
 	res, err := a.routes.Reconcile(st.Routes)
 	if err != nil {
-		fail("routes", err)
+		fails.add("routes", err)
 	}
 	a.metrics.RoutesProgrammed.Set(float64(res.Programmed))
 	a.metrics.RouteChanges.WithLabelValues("add").Add(float64(res.Added))
@@ -130,12 +174,17 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 	}
 	fwRes, err := a.firewall.Reconcile(st.Firewall)
 	if err != nil {
-		fail("firewall", err)
+		fails.add("firewall", err)
 	}
+	return res, fwRes
+}
 
+// record reports the sync in metrics, the sync check and the log, and
+// remembers st as the state last applied.
+func (a *Agent) record(start time.Time, st desired.State, res routes.Result, fwRes firewall.Result, fails *syncFailures) error {
 	took := time.Since(start)
 	a.metrics.SyncDuration.Observe(took.Seconds())
-	err = errors.Join(errs...)
+	err := errors.Join(fails.errs...)
 	if err != nil {
 		a.metrics.Syncs.WithLabelValues("error").Inc()
 	} else {
