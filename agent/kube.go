@@ -67,74 +67,23 @@ func (c *clients) probe(ctx context.Context) error {
 	return nil
 }
 
-// startInformers starts the informers on pools, blocks and nodes, each
-// change triggering a sync, and waits for their first lists.
+// startInformers starts the informers on pools, blocks, nodes and
+// Services, each change triggering a sync, and waits for their first
+// lists.
 func (a *Agent) startInformers(ctx context.Context) (stop func(), err error) {
 	c := a.kube
 	ictx, cancel := context.WithCancel(ctx)
-	// Managed fields are a large share of every block (one entry per
-	// writer) and nothing here reads them: at 5,000 blocks they were a
-	// fifth of the agent's memory.
-	cf := calyxinformers.NewSharedInformerFactoryWithOptions(c.calyx, 0,
-		calyxinformers.WithTransform(func(obj any) (any, error) {
-			if m, ok := obj.(metav1.Object); ok {
-				m.SetManagedFields(nil)
-			}
-			return obj, nil
-		}))
-	kf := informers.NewSharedInformerFactoryWithOptions(c.kube, 0,
-		// The agent reads only nodes' names and annotations; keeping
-		// nothing else holds the cache small in large clusters.
-		// Of Services, only what conntrack helpers match on.
-		informers.WithTransform(func(obj any) (any, error) {
-			switch o := obj.(type) {
-			case *corev1.Node:
-				return &corev1.Node{ObjectMeta: metav1.ObjectMeta{
-					Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion, Annotations: o.Annotations,
-				}}, nil
-			case *corev1.Service:
-				return &corev1.Service{
-					ObjectMeta: metav1.ObjectMeta{
-						Namespace: o.Namespace, Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion, Annotations: o.Annotations,
-					},
-					Spec: corev1.ServiceSpec{ClusterIP: o.Spec.ClusterIP, ClusterIPs: o.Spec.ClusterIPs, Ports: o.Spec.Ports},
-				}, nil
-			}
-			return obj, nil
-		}))
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { a.trigger() },
-		UpdateFunc: func(_, _ any) { a.trigger() },
-		DeleteFunc: func(any) { a.trigger() },
-	}
-	watchErr := func(what string) cache.WatchErrorHandlerWithContext {
-		return func(_ context.Context, _ *cache.Reflector, err error) {
-			if apierrors.IsNotFound(err) {
-				err = fmt.Errorf("%w: are calyx's CRDs installed (kubectl apply -f deploy/crds)?", err)
-			}
-			a.check(CheckAPIServer, fmt.Errorf("watching %s: %w", what, err))
-			a.trigger()
-		}
-	}
-	type informer struct {
-		name string
-		inf  cache.SharedIndexInformer
-	}
-	infs := []informer{
+	cf := calyxinformers.NewSharedInformerFactoryWithOptions(c.calyx, 0, calyxinformers.WithTransform(trimCalyxObject))
+	kf := informers.NewSharedInformerFactoryWithOptions(c.kube, 0, informers.WithTransform(trimCoreObject))
+	infs := []namedInformer{
 		{"ippools.calyx.dev", cf.Calyx().V1alpha1().IPPools().Informer()},
 		{"ipamblocks.calyx.dev", cf.Calyx().V1alpha1().IPAMBlocks().Informer()},
 		{"nodes", kf.Core().V1().Nodes().Informer()},
 		{"services", kf.Core().V1().Services().Informer()},
 	}
-	for _, i := range infs {
-		if err := i.inf.SetWatchErrorHandlerWithContext(watchErr(i.name)); err != nil {
-			cancel()
-			return nil, err
-		}
-		if _, err := i.inf.AddEventHandler(handler); err != nil {
-			cancel()
-			return nil, err
-		}
+	if err := a.handleInformers(infs); err != nil {
+		cancel()
+		return nil, err
 	}
 	c.pools = cf.Calyx().V1alpha1().IPPools().Lister()
 	c.blocks = cf.Calyx().V1alpha1().IPAMBlocks().Lister()
@@ -157,6 +106,71 @@ func (a *Agent) startInformers(ctx context.Context) (stop func(), err error) {
 	a.check(CheckAPIServer, nil)
 	a.log.Info("informers synced", "ippools", len(list(c.pools.List)), "ipamblocks", len(list(c.blocks.List)), "nodes", len(list(c.nodes.List)))
 	return stop, nil
+}
+
+type namedInformer struct {
+	name string
+	inf  cache.SharedIndexInformer
+}
+
+// handleInformers makes every change an informer sees trigger a sync,
+// and a broken watch mark the API server check down, with the reason.
+func (a *Agent) handleInformers(infs []namedInformer) error {
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.trigger() },
+		UpdateFunc: func(_, _ any) { a.trigger() },
+		DeleteFunc: func(any) { a.trigger() },
+	}
+	for _, i := range infs {
+		if err := i.inf.SetWatchErrorHandlerWithContext(a.watchBroke(i.name)); err != nil {
+			return err
+		}
+		if _, err := i.inf.AddEventHandler(handler); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// watchBroke is the watch error handler of the informer on what.
+func (a *Agent) watchBroke(what string) cache.WatchErrorHandlerWithContext {
+	return func(_ context.Context, _ *cache.Reflector, err error) {
+		if apierrors.IsNotFound(err) {
+			err = fmt.Errorf("%w: are calyx's CRDs installed (kubectl apply -f deploy/crds)?", err)
+		}
+		a.check(CheckAPIServer, fmt.Errorf("watching %s: %w", what, err))
+		a.trigger()
+	}
+}
+
+// trimCalyxObject drops managed fields before the cache keeps an object:
+// they are a large share of every block (one entry per writer) and nothing
+// here reads them; at 5,000 blocks they were a fifth of the agent's memory.
+func trimCalyxObject(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+// trimCoreObject keeps of a Node its name and annotations, and of a
+// Service what conntrack helpers match on: all the agent reads, which
+// keeps the cache small in large clusters.
+func trimCoreObject(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *corev1.Node:
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+			Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion, Annotations: o.Annotations,
+		}}, nil
+	case *corev1.Service:
+		return &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{
+				Namespace: o.Namespace, Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion, Annotations: o.Annotations,
+			},
+			Spec: corev1.ServiceSpec{ClusterIP: o.Spec.ClusterIP, ClusterIPs: o.Spec.ClusterIPs, Ports: o.Spec.Ports},
+		}, nil
+	}
+	return obj, nil
 }
 
 func list[T any](f func(labels.Selector) ([]T, error)) []T {
