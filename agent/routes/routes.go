@@ -79,8 +79,18 @@ func (t *Table) Reconcile(want []desired.Route) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	ours := map[netip.Prefix][]netlink.Route{}
-	theirs := map[netip.Prefix]netlink.Route{}
+	ours, theirs := classify(all)
+	errs := t.program(want, ours, theirs, &res)
+	errs = append(errs, t.prune(want, ours, &res)...)
+	return res, summarize(errs)
+}
+
+// classify splits the main table's routes into the agent's, by
+// destination, and others' of the main metric and TOS (those a calyx
+// route to the same destination would replace).
+func classify(all []netlink.Route) (ours map[netip.Prefix][]netlink.Route, theirs map[netip.Prefix]netlink.Route) {
+	ours = map[netip.Prefix][]netlink.Route{}
+	theirs = map[netip.Prefix]netlink.Route{}
 	for _, r := range all {
 		dst := dstOf(r)
 		if r.Protocol == Protocol {
@@ -89,7 +99,13 @@ func (t *Table) Reconcile(want []desired.Route) (Result, error) {
 			theirs[dst] = r
 		}
 	}
+	return ours, theirs
+}
 
+// program adds or replaces every wanted route the kernel does not have as
+// wanted, and deletes the leftovers of a replaced one. A destination that
+// another protocol's route holds is left alone, as a conflict.
+func (t *Table) program(want []desired.Route, ours map[netip.Prefix][]netlink.Route, theirs map[netip.Prefix]netlink.Route, res *Result) []error {
 	links := map[string]int{}
 	linkIndex := func(name string) (int, error) {
 		if i, ok := links[name]; ok {
@@ -104,9 +120,7 @@ func (t *Table) Reconcile(want []desired.Route) (Result, error) {
 	}
 
 	var errs []error
-	wanted := map[netip.Prefix]bool{}
 	for _, w := range want {
-		wanted[w.Dst] = true
 		if _, ok := theirs[w.Dst]; ok {
 			res.Conflicts = append(res.Conflicts, fmt.Sprintf("%s: a route of another protocol has this destination; not replaced", w))
 			continue
@@ -141,6 +155,17 @@ func (t *Table) Reconcile(want []desired.Route) (Result, error) {
 			}
 		}
 	}
+	return errs
+}
+
+// prune deletes the agent's routes to destinations nobody wants (a
+// conflicting destination is still wanted: its calyx routes stay).
+func (t *Table) prune(want []desired.Route, ours map[netip.Prefix][]netlink.Route, res *Result) []error {
+	wanted := map[netip.Prefix]bool{}
+	for _, w := range want {
+		wanted[w.Dst] = true
+	}
+	var errs []error
 	for dst, rs := range ours {
 		if wanted[dst] {
 			continue
@@ -153,7 +178,7 @@ func (t *Table) Reconcile(want []desired.Route) (Result, error) {
 			res.Deleted++
 		}
 	}
-	return res, summarize(errs)
+	return errs
 }
 
 // List is the calyx routes of the main table as desired.Routes, sorted by
