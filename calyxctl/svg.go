@@ -48,11 +48,30 @@ const (
 	gap      = 220 // between the nodes: room for the underlay's label
 )
 
-// SVG draws p like the article's diagram: the source svgNode on the left,
+// SVG draws p like the article's diagram: the source node on the left,
 // its hops top to bottom; the underlay between the NICs; the destination
-// svgNode on the right, its hops bottom to top up to the pod.
+// node on the right, its hops bottom to top up to the pod.
 func SVG(w io.Writer, p Path) error {
-	var left, right []Hop
+	left, right := splitHops(p)
+	d := newDiagram(p, max(len(left), len(right)), len(right) > 0)
+	lp := d.column(0, p.From.Node, p.From.NodeIP, left, false)
+	for j := 1; j < len(lp); j++ {
+		d.arrow(lp[j].x+boxW/2, lp[j-1].y+boxH, lp[j].x+boxW/2, lp[j].y)
+	}
+	if len(right) > 0 {
+		rp := d.column(1, p.To.Node, p.To.NodeIP, right, true)
+		for j := 1; j < len(rp); j++ {
+			d.arrow(rp[j].x+boxW/2, rp[j-1].y, rp[j].x+boxW/2, rp[j].y+boxH)
+		}
+		a, b := lp[len(lp)-1], rp[0]
+		d.arrow(a.x+boxW, a.y+boxH/2, b.x, b.y+boxH/2, underlayLabel(p)...)
+	}
+	return d.encode(w)
+}
+
+// splitHops puts the source node's hops (all of them, on one node) on the
+// left and the destination node's on the right.
+func splitHops(p Path) (left, right []Hop) {
 	for _, h := range p.Hops {
 		if h.Place == PlaceSrcPod || h.Place == PlaceSrcNode || p.SameNode {
 			left = append(left, h)
@@ -60,10 +79,35 @@ func SVG(w io.Writer, p Path) error {
 			right = append(right, h)
 		}
 	}
-	rows := max(len(left), len(right))
-	cols := 2
-	if len(right) == 0 {
-		cols = 1
+	return left, right
+}
+
+// underlayLabel is what the arrow between the nodes' NICs says.
+func underlayLabel(p Path) []string {
+	if p.Encapsulated {
+		return []string{"IP-in-IP (proto 4)", "outer " + p.From.NodeIP + " → " + p.To.NodeIP, "inner " + p.From.IP + " → " + p.To.IP}
+	}
+	return []string{"underlay, plain", p.From.IP + " → " + p.To.IP}
+}
+
+// diagram is the SVG being drawn for one path.
+type diagram struct {
+	p      Path
+	svg    svgNode
+	rows   int
+	height int
+}
+
+// point is the top-left corner of a hop's box.
+type point struct{ x, y int }
+
+// newDiagram is the document with its frame: the arrow marker, the
+// background, the title and the path's problem, sized for rows hops in
+// one column, or two.
+func newDiagram(p Path, rows int, twoColumns bool) *diagram {
+	cols := 1
+	if twoColumns {
+		cols = 2
 	}
 	title := fmt.Sprintf("%s %s → %s %s", p.From.Pod, p.From.IP, p.To.Pod, p.To.IP)
 	width := 2*margin + cols*colWidth + (cols-1)*gap
@@ -80,76 +124,74 @@ func SVG(w io.Writer, p Path) error {
 	if p.Problem != "" {
 		svg.add(el("text", "problem: "+p.Problem, "x", margin, "y", 42, "font-size", 11, "fill", "#b00020"))
 	}
+	return &diagram{p: p, svg: svg, rows: rows, height: height}
+}
 
-	type pos struct{ x, y int }
-	column := func(i int, nodeName, nodeIP string, hops []Hop, upward bool) []pos {
-		x := margin + i*(colWidth+gap)
-		svg.add(el("rect", "", "x", x, "y", 52, "width", colWidth, "height", height-52-margin/2, "rx", 10,
-			"fill", "#f7f7f7", "stroke", "#999"))
-		svg.add(el("text", fmt.Sprintf("node %s  %s", nodeName, nodeIP), "x", x+12, "y", 72, "font-size", 13, "font-weight", "bold"))
-		var ps []pos
-		for j, h := range hops {
-			row := j
-			if upward {
-				row = rows - 1 - j
-			}
-			bx, by := x+(colWidth-boxW)/2, headH+row*rowH
-			ps = append(ps, pos{bx, by})
-			fill := "#e6f4ea" // a device
-			switch {
-			case h.Place == PlaceSrcPod || h.Place == PlaceDstPod:
-				fill = "#e8f0fe"
-			case h.Device == "":
-				fill = "#fff8e1" // a route lookup
-			}
-			g := el("g", "", "class", "hop")
-			g.add(el("rect", "", "x", bx, "y", by, "width", boxW, "height", boxH, "rx", 6, "fill", fill, "stroke", "#555"))
-			head := "route lookup"
-			if h.Device != "" {
-				head = h.Device
-				if h.Address != "" {
-					head += "  " + h.Address
-				}
-			}
-			if h.Place == PlaceSrcPod || h.Place == PlaceDstPod {
-				head = "pod " + podOf(p, h.Place) + "  " + head
-			}
-			g.add(el("text", head, "x", bx+8, "y", by+17, "font-size", 12, "font-weight", "bold"))
-			for k, line := range wrap(h.What, 60, 3) {
-				g.add(el("text", line, "x", bx+8, "y", by+32+k*12, "font-size", 10))
-			}
-			svg.add(g)
+// column draws node i's frame and its hops, top to bottom or (upward)
+// bottom to top, and returns where each hop's box is.
+func (d *diagram) column(i int, nodeName, nodeIP string, hops []Hop, upward bool) []point {
+	x := margin + i*(colWidth+gap)
+	d.svg.add(el("rect", "", "x", x, "y", 52, "width", colWidth, "height", d.height-52-margin/2, "rx", 10,
+		"fill", "#f7f7f7", "stroke", "#999"))
+	d.svg.add(el("text", fmt.Sprintf("node %s  %s", nodeName, nodeIP), "x", x+12, "y", 72, "font-size", 13, "font-weight", "bold"))
+	var ps []point
+	for j, h := range hops {
+		row := j
+		if upward {
+			row = d.rows - 1 - j
 		}
-		return ps
+		at := point{x + (colWidth-boxW)/2, headH + row*rowH}
+		ps = append(ps, at)
+		d.svg.add(d.hop(h, at))
 	}
-	arrow := func(x1, y1, x2, y2 int, label ...string) {
-		svg.add(el("line", "", "x1", x1, "y1", y1, "x2", x2, "y2", y2, "stroke", "#333", "stroke-width", 2, "marker-end", "url(#arrow)"))
-		for i, l := range label {
-			svg.add(el("text", l, "x", (x1+x2)/2, "y", min(y1, y2)-8-12*(len(label)-1-i), "font-size", 10, "fill", "#333", "text-anchor", "middle"))
+	return ps
+}
+
+// hop is one hop's box: a pod's interface, a device, or a route lookup.
+func (d *diagram) hop(h Hop, at point) svgNode {
+	fill := "#e6f4ea" // a device
+	switch {
+	case h.Place == PlaceSrcPod || h.Place == PlaceDstPod:
+		fill = "#e8f0fe"
+	case h.Device == "":
+		fill = "#fff8e1" // a route lookup
+	}
+	g := el("g", "", "class", "hop")
+	g.add(el("rect", "", "x", at.x, "y", at.y, "width", boxW, "height", boxH, "rx", 6, "fill", fill, "stroke", "#555"))
+	head := "route lookup"
+	if h.Device != "" {
+		head = h.Device
+		if h.Address != "" {
+			head += "  " + h.Address
 		}
 	}
-	lp := column(0, p.From.Node, p.From.NodeIP, left, false)
-	for j := 1; j < len(lp); j++ {
-		arrow(lp[j].x+boxW/2, lp[j-1].y+boxH, lp[j].x+boxW/2, lp[j].y)
+	if h.Place == PlaceSrcPod || h.Place == PlaceDstPod {
+		head = "pod " + podOf(d.p, h.Place) + "  " + head
 	}
-	if len(right) > 0 {
-		rp := column(1, p.To.Node, p.To.NodeIP, right, true)
-		for j := 1; j < len(rp); j++ {
-			arrow(rp[j].x+boxW/2, rp[j-1].y, rp[j].x+boxW/2, rp[j].y+boxH)
-		}
-		a, b := lp[len(lp)-1], rp[0]
-		label := []string{"underlay, plain", p.From.IP + " → " + p.To.IP}
-		if p.Encapsulated {
-			label = []string{"IP-in-IP (proto 4)", "outer " + p.From.NodeIP + " → " + p.To.NodeIP, "inner " + p.From.IP + " → " + p.To.IP}
-		}
-		arrow(a.x+boxW, a.y+boxH/2, b.x, b.y+boxH/2, label...)
+	g.add(el("text", head, "x", at.x+8, "y", at.y+17, "font-size", 12, "font-weight", "bold"))
+	for k, line := range wrap(h.What, 60, 3) {
+		g.add(el("text", line, "x", at.x+8, "y", at.y+32+k*12, "font-size", 10))
 	}
+	return g
+}
+
+// arrow draws an arrow from (x1, y1) to (x2, y2), its label lines above
+// its middle.
+func (d *diagram) arrow(x1, y1, x2, y2 int, label ...string) {
+	d.svg.add(el("line", "", "x1", x1, "y1", y1, "x2", x2, "y2", y2, "stroke", "#333", "stroke-width", 2, "marker-end", "url(#arrow)"))
+	for i, l := range label {
+		d.svg.add(el("text", l, "x", (x1+x2)/2, "y", min(y1, y2)-8-12*(len(label)-1-i), "font-size", 10, "fill", "#333", "text-anchor", "middle"))
+	}
+}
+
+// encode writes the document.
+func (d *diagram) encode(w io.Writer) error {
 	if _, err := io.WriteString(w, xml.Header); err != nil {
 		return err
 	}
 	enc := xml.NewEncoder(w)
 	enc.Indent("", " ")
-	if err := enc.Encode(svg); err != nil {
+	if err := enc.Encode(d.svg); err != nil {
 		return fmt.Errorf("encoding the SVG: %w", err)
 	}
 	_, err := io.WriteString(w, "\n")
