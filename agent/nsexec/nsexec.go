@@ -1,8 +1,10 @@
 // Package nsexec runs a function inside a network namespace, for the calls
 // that act on the calling thread's namespace (sysctls under /proc/sys/net,
-// sockets, forks, netns.NewNamed). It is the one place in calyx that
-// switches a thread's namespace: the agent, its tests' namespaces
-// (agent/testnet), the lab and the bench all go through it.
+// sockets, forks, netns.NewNamed), and brings the thread back. The agent,
+// its tests' namespaces (agent/testnet), and the lab's and the bench's
+// namespace helpers go through it. lab/spawn does not: the thread that
+// forks a long-lived child stays in the child's namespace for the child's
+// whole life, which is another contract.
 package nsexec
 
 import (
