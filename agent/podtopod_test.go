@@ -6,14 +6,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/net/icmp"
-	"golang.org/x/net/ipv4"
 
 	"github.com/calyx-net/calyx/agent/testnet"
 	"github.com/calyx-net/calyx/api/v1alpha1"
@@ -73,7 +69,7 @@ func TestPodToPod(t *testing.T) {
 	nic := nodes["learn-k8s-2"].Listen(t, "ens160")
 
 	t.Run("ping", func(t *testing.T) {
-		if got := ping(t, client.NS, server.IP, 3); got != 3 {
+		if got := client.NS.Ping(t, netip.MustParseAddr(server.IP), 3); got != 3 {
 			t.Fatalf("ping %s from the client pod: %d of 3 answered", server.IP, got)
 		}
 	})
@@ -148,41 +144,4 @@ func TestPodToPod(t *testing.T) {
 			t.Error("the client node's datapath counted no packets sent")
 		}
 	})
-}
-
-// ping sends count ICMP echoes from ns to dst and counts the replies.
-func ping(t *testing.T, ns *testnet.NS, dst string, count int) int {
-	t.Helper()
-	replies := 0
-	ns.Do(t, func() error {
-		conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
-		if err != nil {
-			return fmt.Errorf("ICMP socket: %w", err)
-		}
-		defer conn.Close()
-		id := os.Getpid() & 0xffff
-		buf := make([]byte, 1500)
-		for seq := 1; seq <= count; seq++ {
-			b, _ := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("calyx")}}).Marshal(nil)
-			if _, err := conn.WriteTo(b, &net.IPAddr{IP: net.ParseIP(dst)}); err != nil {
-				return fmt.Errorf("echo %d: %w", seq, err)
-			}
-			conn.SetReadDeadline(time.Now().Add(time.Second))
-			for {
-				n, from, err := conn.ReadFrom(buf)
-				if err != nil {
-					break
-				}
-				m, err := icmp.ParseMessage(1, buf[:n])
-				if err == nil && m.Type == ipv4.ICMPTypeEchoReply && from.String() == dst {
-					if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq {
-						replies++
-						break
-					}
-				}
-			}
-		}
-		return nil
-	})
-	return replies
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/calyx-net/calyx/agent/nsexec"
@@ -237,6 +240,50 @@ func AddPod(t testing.TB, node *NS, ip string, opts ...PodOption) *Pod {
 	return &Pod{NS: pod, IP: ip, Host: host}
 }
 
+// Ping sends count ICMP echo requests from the namespace to dst, one at a
+// time, each answered within a second or lost, and returns how many were
+// answered: ping, without the binary.
+func (n *NS) Ping(t testing.TB, dst netip.Addr, count int) int {
+	t.Helper()
+	replies := 0
+	n.Do(t, func() error {
+		conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		if err != nil {
+			return fmt.Errorf("ICMP socket: %w", err)
+		}
+		defer conn.Close()
+		id := os.Getpid() & 0xffff
+		buf := make([]byte, 1500)
+		for seq := 1; seq <= count; seq++ {
+			msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("calyx")}}
+			b, err := msg.Marshal(nil)
+			if err != nil {
+				return err
+			}
+			if _, err := conn.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+				return fmt.Errorf("sending echo %d: %w", seq, err)
+			}
+			conn.SetReadDeadline(time.Now().Add(time.Second))
+			for {
+				n, from, err := conn.ReadFrom(buf)
+				if err != nil {
+					break // lost
+				}
+				m, err := icmp.ParseMessage(1, buf[:n])
+				if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+					continue
+				}
+				if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq && from.String() == dst.String() {
+					replies++
+					break
+				}
+			}
+		}
+		return nil
+	})
+	return replies
+}
+
 // Capture is a packet capture on one device, as tcpdump -i would take it:
 // an AF_PACKET socket in the device's namespace, opened at once so that
 // nothing sent afterwards is missed.
@@ -248,14 +295,23 @@ type Capture struct {
 // when the test ends.
 func (n *NS) Listen(t testing.TB, dev string) *Capture {
 	t.Helper()
-	var c Capture
+	c := Capture{fd: n.PacketSocket(t, dev)}
+	t.Cleanup(func() { unix.Close(c.fd) })
+	return &c
+}
+
+// PacketSocket is an AF_PACKET socket bound to dev in the namespace, as
+// tcpdump -i opens one: every frame dev sends or receives, from now on.
+// The caller closes it.
+func (n *NS) PacketSocket(t testing.TB, dev string) int {
+	t.Helper()
+	var fd int
 	n.Do(t, func() error {
 		ifi, err := net.InterfaceByName(dev)
 		if err != nil {
 			return err
 		}
-		proto := int(htons(unix.ETH_P_ALL))
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 		if err != nil {
 			return fmt.Errorf("packet socket: %w", err)
 		}
@@ -263,11 +319,9 @@ func (n *NS) Listen(t testing.TB, dev string) *Capture {
 			unix.Close(fd)
 			return fmt.Errorf("binding the packet socket to %s: %w", dev, err)
 		}
-		c.fd = fd
 		return nil
 	})
-	t.Cleanup(func() { unix.Close(c.fd) })
-	return &c
+	return fd
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

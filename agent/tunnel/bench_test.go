@@ -87,7 +87,7 @@ func BenchmarkPodToPod(b *testing.B) {
 				m.setup(n)
 				setPodMTU(b, n, m.mtu)
 			}
-			if got := ping(b, client.pod, server.podIP, 1); got != 1 {
+			if got := client.pod.Ping(b, server.podIP, 1); got != 1 {
 				b.Fatalf("%s: the client pod cannot reach the server pod", m.name)
 			}
 			for _, p := range streams {

@@ -46,11 +46,11 @@ func TestEBPFCarriesPodTraffic(t *testing.T) {
 	nic := startCapture(t, server.ns, "ens160")
 	tun := startCapture(t, server.ns, DeviceName)
 
-	if got := ping(t, client.pod, server.podIP, 3); got != 3 {
+	if got := client.pod.Ping(t, server.podIP, 3); got != 3 {
 		t.Fatalf("ping %v from the client pod: %d of 3 answered", server.podIP, got)
 	}
 	// The node itself reaches remote pods too, from tunl0's address.
-	if got := ping(t, client.ns, server.podIP, 1); got != 1 {
+	if got := client.ns.Ping(t, server.podIP, 1); got != 1 {
 		t.Fatalf("ping %v from the client's node: no answer", server.podIP)
 	}
 
@@ -607,7 +607,7 @@ func TestEBPFMapsFollowConfig(t *testing.T) {
 // back and traffic flows again.
 func TestEBPFRepairsDrift(t *testing.T) {
 	_, server, client := startLab(t)
-	if got := ping(t, client.pod, server.podIP, 1); got != 1 {
+	if got := client.pod.Ping(t, server.podIP, 1); got != 1 {
 		t.Fatalf("no traffic before the drift")
 	}
 
@@ -616,13 +616,13 @@ func TestEBPFRepairsDrift(t *testing.T) {
 	f, err := ourFilter(server.nl, nic)
 	must(t, err, "reading the decap filter")
 	must(t, server.nl.FilterDel(f), "deleting the decap filter")
-	if got := ping(t, client.pod, server.podIP, 1); got != 0 {
+	if got := client.pod.Ping(t, server.podIP, 1); got != 0 {
 		t.Fatalf("traffic flows without tunl0 and the decap program: the test is broken")
 	}
 
 	must(t, server.dp.Set(server.config()), "Set after the drift")
 	server.routeViaTunnel(t) // the agent's route went with the device
-	if got := ping(t, client.pod, server.podIP, 3); got != 3 {
+	if got := client.pod.Ping(t, server.podIP, 3); got != 3 {
 		t.Fatalf("after Set repaired the datapath, %d of 3 pings answered", got)
 	}
 	c, err := server.dp.(*EBPF).Contents()

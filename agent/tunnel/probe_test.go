@@ -7,14 +7,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"golang.org/x/net/icmp"
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/calyx-net/calyx/agent/testnet"
@@ -94,32 +91,15 @@ type capture struct {
 	done    chan struct{}
 }
 
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
-
 func startCapture(tb testing.TB, ns *testnet.NS, dev string) *capture {
 	tb.Helper()
-	c := &capture{done: make(chan struct{})}
-	ns.Do(tb, func() error {
-		ifi, err := net.InterfaceByName(dev)
-		if err != nil {
-			return err
-		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
-		if err != nil {
-			return fmt.Errorf("AF_PACKET socket: %w", err)
-		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("binding the capture to %s: %w", dev, err)
-		}
-		tv := unix.NsecToTimeval((50 * time.Millisecond).Nanoseconds())
-		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		c.fd = fd
-		return nil
-	})
+	c := &capture{done: make(chan struct{}), fd: ns.PacketSocket(tb, dev)}
+	// Reads wake up to see whether the capture was stopped.
+	tv := unix.NsecToTimeval((50 * time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(c.fd)
+		tb.Fatalf("capture on %s: %v", dev, err)
+	}
 	go c.loop(c.fd)
 	tb.Cleanup(func() { c.stop() })
 	return c
@@ -167,50 +147,6 @@ func (c *capture) snapshot() []frame {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]frame(nil), c.frames...)
-}
-
-// ping sends count ICMP echo requests from ns to dst, one at a time, and
-// returns how many were answered.
-func ping(tb testing.TB, ns *testnet.NS, dst netip.Addr, count int) int {
-	tb.Helper()
-	replies := 0
-	ns.Do(tb, func() error {
-		conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
-		if err != nil {
-			return fmt.Errorf("ICMP socket: %w", err)
-		}
-		defer conn.Close()
-		id := os.Getpid() & 0xffff
-		buf := make([]byte, 1500)
-		for seq := 1; seq <= count; seq++ {
-			msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("calyx")}}
-			b, err := msg.Marshal(nil)
-			if err != nil {
-				return err
-			}
-			if _, err := conn.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
-				return fmt.Errorf("sending echo %d: %w", seq, err)
-			}
-			deadline := time.Now().Add(time.Second)
-			for {
-				conn.SetReadDeadline(deadline)
-				n, from, err := conn.ReadFrom(buf)
-				if err != nil {
-					break // lost
-				}
-				m, err := icmp.ParseMessage(1, buf[:n])
-				if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
-					continue
-				}
-				if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq && from.String() == dst.String() {
-					replies++
-					break
-				}
-			}
-		}
-		return nil
-	})
-	return replies
 }
 
 // listenTCP opens a listener in ns; each connection gets its peer's address
