@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -69,25 +70,44 @@ func ToolsDir() (string, error) {
 	return "", fmt.Errorf("cannot find calyx's hack/tools module from %v: run from inside the calyx checkout or set %s", starts, ToolsDirEnv)
 }
 
-var versionRE = regexp.MustCompile(`(?m)^\s*(?:require\s+)?k8s\.io/kubernetes\s+(v\S+)`)
-
 // Version is the k8s.io/kubernetes version the tools module pins.
 func Version(toolsDir string) (string, error) {
+	return ModuleVersion(toolsDir, "k8s.io/kubernetes")
+}
+
+// ModuleVersion is the version of module the tools module requires.
+func ModuleVersion(toolsDir, module string) (string, error) {
 	b, err := os.ReadFile(filepath.Join(toolsDir, "go.mod"))
 	if err != nil {
 		return "", fmt.Errorf("reading the tools module: %w", err)
 	}
-	m := versionRE.FindSubmatch(b)
+	re := regexp.MustCompile(`(?m)^\s*(?:require\s+)?` + regexp.QuoteMeta(module) + `\s+(v\S+)`)
+	m := re.FindSubmatch(b)
 	if m == nil {
-		return "", fmt.Errorf("%s/go.mod does not require k8s.io/kubernetes", toolsDir)
+		return "", fmt.Errorf("%s/go.mod does not require %s", toolsDir, module)
 	}
 	return string(m[1]), nil
 }
 
+// Programs built from the tools module besides k8s.io/kubernetes/cmd/NAME:
+// a package path, or "test:" and a test package for `go test -c`.
+var programs = map[string]string{
+	// kubeadm's cluster DNS, with the plugins its Corefile uses.
+	"coredns": "github.com/calyx-net/calyx/hack/tools/coredns",
+	// The e2e tests' do-everything server and client.
+	"agnhost": "k8s.io/kubernetes/test/images/agnhost",
+	// Kubernetes' e2e suite with the sig-network specs (hack/tools/e2e).
+	"e2e-network.test": "test:github.com/calyx-net/calyx/hack/tools/e2e",
+}
+
+// programModules are the modules of programs not from k8s.io/kubernetes.
+var programModules = map[string]string{"coredns": "github.com/coredns/coredns"}
+
 // Ensure returns the path of the named binary (kube-apiserver, kube-proxy,
-// kube-controller-manager), building it first if the cache lacks it. Builds
-// take minutes, so it says so on progress and reports how far it is.
-// Concurrent callers, in this process or others, build it once.
+// kube-controller-manager, …, or one of programs), building it first if
+// the cache lacks it. Builds take minutes, so it says so on progress and
+// reports how far it is. Concurrent callers, in this process or others,
+// build it once.
 func Ensure(ctx context.Context, name string, progress io.Writer) (string, error) {
 	if progress == nil {
 		progress = io.Discard
@@ -104,7 +124,15 @@ func Ensure(ctx context.Context, name string, progress io.Writer) (string, error
 	if err != nil {
 		return "", err
 	}
+	// A program of another module is cached under that module's version.
 	bin := filepath.Join(cache, name+"-"+version)
+	if m := programModules[name]; m != "" {
+		v, err := ModuleVersion(tools, m)
+		if err != nil {
+			return "", err
+		}
+		bin = filepath.Join(cache, name+"-"+v)
+	}
 	if isExecutable(bin) {
 		return bin, nil
 	}
@@ -172,12 +200,20 @@ func ldflags(version string) string {
 }
 
 func build(ctx context.Context, tools, name, version, bin string, progress io.Writer) error {
-	pkg := "k8s.io/kubernetes/cmd/" + name
+	pkg, ok := programs[name]
+	if !ok {
+		pkg = "k8s.io/kubernetes/cmd/" + name
+	}
+	pkg, test := strings.CutPrefix(pkg, "test:")
 	start := time.Now()
 	fmt.Fprintf(progress, "building %s %s from %s: first run only, it takes a few minutes and ~3 GB of memory; cached as %s\n", name, version, tools, bin)
 
 	// The number of packages to compile gives the progress a denominator.
-	list := exec.CommandContext(ctx, "go", "list", "-deps", pkg)
+	listArgs := []string{"list", "-deps", pkg}
+	if test {
+		listArgs = []string{"list", "-deps", "-test", pkg}
+	}
+	list := exec.CommandContext(ctx, "go", listArgs...)
 	list.Dir = tools
 	var listErr bytes.Buffer
 	list.Stderr = &listErr
@@ -188,17 +224,51 @@ func build(ctx context.Context, tools, name, version, bin string, progress io.Wr
 	total := bytes.Count(out, []byte("\n"))
 
 	tmp := bin + ".tmp"
-	cmd := exec.CommandContext(ctx, "go", "build", "-v", "-trimpath", "-ldflags", ldflags(version), "-o", tmp, pkg)
-	cmd.Dir = tools
-	if err := runCounting(ctx, cmd, name, total, start, progress); err != nil {
-		os.Remove(tmp)
-		return err
+	if test {
+		// go test -c names no package it compiles: compile the test's
+		// imports with go build -v first (progress), then link.
+		if err := buildTestImports(ctx, tools, name, pkg, total, start, progress); err != nil {
+			return err
+		}
+		link := exec.CommandContext(ctx, "go", "test", "-c", "-vet=off", "-trimpath", "-ldflags", ldflags(version), "-o", tmp, pkg)
+		link.Dir = tools
+		if out, err := link.CombinedOutput(); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("building %s: %w\n%s", name, err, out)
+		}
+	} else {
+		cmd := exec.CommandContext(ctx, "go", "build", "-v", "-trimpath", "-ldflags", ldflags(version), "-o", tmp, pkg)
+		cmd.Dir = tools
+		if err := runCounting(ctx, cmd, name, total, start, progress); err != nil {
+			os.Remove(tmp)
+			return err
+		}
 	}
 	if err := os.Rename(tmp, bin); err != nil {
 		return fmt.Errorf("caching %s: %w", name, err)
 	}
 	fmt.Fprintf(progress, "built %s %s in %s\n", name, version, time.Since(start).Round(time.Second))
 	return nil
+}
+
+// buildTestImports compiles what the test package pkg imports, showing
+// progress, so that `go test -c` after it only compiles pkg and links.
+func buildTestImports(ctx context.Context, tools, name, pkg string, total int, start time.Time, progress io.Writer) error {
+	list := exec.CommandContext(ctx, "go", "list", "-f", `{{join .Imports "\n"}}{{"\n"}}{{join .TestImports "\n"}}`, pkg)
+	list.Dir = tools
+	out, err := list.Output()
+	if err != nil {
+		return fmt.Errorf("listing %s's imports: %w", pkg, err)
+	}
+	var imports []string
+	for _, imp := range strings.Fields(string(out)) {
+		if imp != "C" && !slices.Contains(imports, imp) {
+			imports = append(imports, imp)
+		}
+	}
+	cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-v", "-trimpath"}, imports...)...)
+	cmd.Dir = tools
+	return runCounting(ctx, cmd, name, total, start, progress)
 }
 
 // runCounting runs a `go build -v` or `go install -v`, which names each
@@ -248,4 +318,20 @@ func runCounting(ctx context.Context, cmd *exec.Cmd, name string, total int, sta
 			return fmt.Errorf("building %s: %w", name, ctx.Err())
 		}
 	}
+}
+
+// ModuleDir is the directory of module's source in the module cache, as
+// the tools module requires it (its test data, agnhost's TLS pair, …).
+func ModuleDir(ctx context.Context, toolsDir, module string) (string, error) {
+	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", module)
+	cmd.Dir = toolsDir
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("finding %s's source (go list -m): %w", module, err)
+	}
+	dir := strings.TrimSpace(string(out))
+	if dir == "" {
+		return "", fmt.Errorf("%s is not in the module cache: run `go mod download` in %s", module, toolsDir)
+	}
+	return dir, nil
 }
