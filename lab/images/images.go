@@ -99,13 +99,9 @@ var toolboxEtc = []File{
 // path given) with its libraries at /usr/sbin/in.tftpd, serving an empty
 // /srv/tftp. It sleeps unless told otherwise.
 func Toolbox(busybox, tftpd string) (string, v1.Image, error) {
-	applets, err := busyboxApplets(busybox)
+	files, err := busyboxFiles(busybox)
 	if err != nil {
 		return "", nil, err
-	}
-	files := []File{{Path: "bin/busybox", Source: busybox, Mode: 0o755}}
-	for _, a := range applets {
-		files = append(files, File{Path: "bin/" + a, Link: "busybox"})
 	}
 	files = append(files, File{Path: "usr/sbin/in.tftpd", Source: tftpd, Mode: 0o755})
 	libs, err := Libraries(busybox, tftpd)
@@ -120,6 +116,20 @@ func Toolbox(busybox, tftpd string) (string, v1.Image, error) {
 		Cmd: []string{"sleep", "infinity"},
 	})
 	return ToolboxTag, img, err
+}
+
+// busyboxFiles are busybox at /bin/busybox and a link in /bin for each of
+// its applets.
+func busyboxFiles(busybox string) ([]File, error) {
+	applets, err := busyboxApplets(busybox)
+	if err != nil {
+		return nil, err
+	}
+	files := []File{{Path: "bin/busybox", Source: busybox, Mode: 0o755}}
+	for _, a := range applets {
+		files = append(files, File{Path: "bin/" + a, Link: "busybox"})
+	}
+	return files, nil
 }
 
 // busyboxApplets is what `busybox --list` prints, but busybox itself.
