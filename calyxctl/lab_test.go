@@ -110,6 +110,14 @@ func TestLab(t *testing.T) {
 		}
 	})
 	c := l.Client()
+	// The golden tables count every address of every block: CoreDNS's two
+	// replicas would add theirs on whichever nodes the scheduler picks.
+	if _, err := c.Kubectl(ctx, nil, "-n", "kube-system", "scale", "deployment/coredns", "--replicas=0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Kubectl(ctx, nil, "-n", "kube-system", "wait", "--for=delete", "pod", "-l", "k8s-app=kube-dns", "--timeout=1m"); err != nil {
+		t.Fatal(err)
+	}
 	server, err := c.AddPod(ctx, lab.PodSpec{Namespace: "default", Name: "tftp-server", Node: lab.DemoServerNode})
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 
@@ -177,18 +178,32 @@ func kubectlBinary(ctx context.Context) (string, error) {
 	return kubebin.Ensure(ctx, "kubectl", nil)
 }
 
-// hostPackages are Debian packages whose programs the lab's images take
-// from the host, with a file that shows each is there.
-var hostPackages = []struct{ pkg, file string }{
+// hostPackage is a Debian package whose programs the lab's images take
+// from the host, with a file that shows it is there.
+type hostPackage struct{ pkg, file string }
+
+var hostPackages = []hostPackage{
 	{"iptables", "/usr/sbin/xtables-nft-multi"}, // kube-proxy's image
 	{"tftpd-hpa", "/usr/sbin/in.tftpd"},         // the toolbox image's TFTP server
 }
 
+// e2ePackages are what the e2e tests' agnhost and glibc-dns-testing images
+// take from the host.
+var e2ePackages = []hostPackage{
+	{"curl", "/usr/bin/curl"},
+	{"netcat-openbsd", "/bin/nc.openbsd"},
+	{"bind9-dnsutils", "/usr/bin/dig"},
+}
+
 // checkHostPackages installs, with apt, the packages the lab's images need
 // when they are missing (a fresh Debian machine), or says what to install.
-func checkHostPackages(progress io.Writer) error {
+func checkHostPackages(progress io.Writer, conformance bool) error {
+	pkgs := hostPackages
+	if conformance {
+		pkgs = append(slices.Clone(pkgs), e2ePackages...)
+	}
 	var missing []string
-	for _, p := range hostPackages {
+	for _, p := range pkgs {
 		if _, err := os.Stat(p.file); err != nil {
 			missing = append(missing, p.pkg)
 		}

@@ -26,8 +26,9 @@ type kit struct {
 	runtimes map[node.Runtime]string
 	// images are the tarballs every node imports.
 	images []string
-	// kubeProxyImage is kube-proxy's image name in the lab's manifest.
-	kubeProxyImage string
+	// kubeProxyImage and coreDNSImage are the add-ons' image names in the
+	// lab's manifests.
+	kubeProxyImage, coreDNSImage string
 }
 
 // prepareKit gathers the kit. The first run builds the Kubernetes binaries
@@ -92,14 +93,23 @@ func (l *Lab) runtimesUsed() []node.Runtime {
 	return out
 }
 
+// image is one of the lab's images: the tarball's file name and how to
+// build it; tag, when set, names it instead of the builder's tag.
+type image struct {
+	file, tag string
+	build     func() (string, v1.Image, error)
+}
+
 // buildImages writes the tarballs of the lab's images into the lab's
 // directory: pause, the toolbox (busybox and tftpd-hpa), kube-proxy with
-// its iptables, and calyx from the lab's binaries, as `make image` does.
+// its iptables, calyx from the lab's binaries (as `make image` does),
+// CoreDNS, and with Conformance the e2e tests' images.
 func (l *Lab) buildImages(ctx context.Context, k *kit) error {
 	busybox, err := debpkg.Ensure(ctx, "busybox-static", l.opts.Progress)
 	if err != nil {
 		return err
 	}
+	busybox = filepath.Join(busybox, "bin", "busybox")
 	tools, err := kubebin.ToolsDir()
 	if err != nil {
 		return err
@@ -108,36 +118,83 @@ func (l *Lab) buildImages(ctx context.Context, k *kit) error {
 	if err != nil {
 		return err
 	}
+	coredns, err := kubebin.Ensure(ctx, "coredns", l.opts.Progress)
+	if err != nil {
+		return err
+	}
+	dnsVersion, err := kubebin.ModuleVersion(tools, "github.com/coredns/coredns")
+	if err != nil {
+		return err
+	}
+	all := []image{
+		{"pause.tar", "", func() (string, v1.Image, error) { return images.Pause(l.opts.BinDir) }},
+		{"toolbox.tar", "", func() (string, v1.Image, error) { return images.Toolbox(busybox, "/usr/sbin/in.tftpd") }},
+		{"kube-proxy.tar", "", func() (string, v1.Image, error) { return images.KubeProxy(version, k.kubeProxy) }},
+		{"calyx.tar", "", func() (string, v1.Image, error) { return images.Calyx(l.opts.BinDir, images.CalyxTag) }},
+		{"coredns.tar", "", func() (string, v1.Image, error) { return images.CoreDNS(coredns, dnsVersion) }},
+	}
+	if l.opts.Conformance {
+		e2e, err := l.e2eImages(ctx, tools, busybox)
+		if err != nil {
+			return err
+		}
+		all = append(all, e2e...)
+	}
+	return l.writeImages(k, all)
+}
+
+// e2eImages are the images Kubernetes' e2e network tests run.
+func (l *Lab) e2eImages(ctx context.Context, tools, busybox string) ([]image, error) {
+	agnhost, err := kubebin.Ensure(ctx, "agnhost", l.opts.Progress)
+	if err != nil {
+		return nil, err
+	}
+	k8s, err := kubebin.ModuleDir(ctx, tools, "k8s.io/kubernetes")
+	if err != nil {
+		return nil, err
+	}
+	nginx, err := debpkg.Ensure(ctx, "nginx", l.opts.Progress)
+	if err != nil {
+		return nil, err
+	}
+	t := images.E2ETools{Curl: "/usr/bin/curl", Nc: "/bin/nc.openbsd", Dig: "/usr/bin/dig", Nslookup: "/usr/bin/nslookup", Getent: "/usr/bin/getent", Sh: "/bin/dash"}
+	porter := filepath.Join(k8s, "test", "images", "agnhost", "porter")
+	return []image{
+		{"agnhost.tar", "", func() (string, v1.Image, error) { return images.Agnhost(agnhost, busybox, porter, t) }},
+		{"glibc-dns-testing.tar", "", func() (string, v1.Image, error) { return images.GlibcDNSTesting(busybox, t) }},
+		{"nginx.tar", "", func() (string, v1.Image, error) { return images.Nginx(filepath.Join(nginx, "usr", "sbin", "nginx")) }},
+		{"pause-e2e.tar", images.PauseE2ETag, func() (string, v1.Image, error) { return images.Pause(l.opts.BinDir) }},
+	}, nil
+}
+
+// writeImages builds every image into the lab's directory and lists its
+// tarball for the nodes to import.
+func (l *Lab) writeImages(k *kit, all []image) error {
 	dir := filepath.Join(l.opts.Dir, "images")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	begin := time.Now()
-	builds := []struct {
-		file  string
-		build func() (string, v1.Image, error)
-	}{
-		{"pause.tar", func() (string, v1.Image, error) { return images.Pause(l.opts.BinDir) }},
-		{"toolbox.tar", func() (string, v1.Image, error) {
-			return images.Toolbox(filepath.Join(busybox, "bin", "busybox"), "/usr/sbin/in.tftpd")
-		}},
-		{"kube-proxy.tar", func() (string, v1.Image, error) { return images.KubeProxy(version, k.kubeProxy) }},
-		{"calyx.tar", func() (string, v1.Image, error) { return images.Calyx(l.opts.BinDir, images.CalyxTag) }},
-	}
-	for _, b := range builds {
+	for _, b := range all {
 		tag, img, err := b.build()
 		if err != nil {
 			return fmt.Errorf("building the image %s: %w", b.file, err)
+		}
+		if b.tag != "" {
+			tag = b.tag
 		}
 		path := filepath.Join(dir, b.file)
 		if err := images.Write(path, tag, img); err != nil {
 			return err
 		}
-		if b.file == "kube-proxy.tar" {
+		switch b.file {
+		case "kube-proxy.tar":
 			k.kubeProxyImage = tag
+		case "coredns.tar":
+			k.coreDNSImage = tag
 		}
 		k.images = append(k.images, path)
 	}
-	fmt.Fprintf(l.opts.Progress, "  images built in %s: %s\n", time.Since(begin).Round(time.Millisecond), dir)
+	fmt.Fprintf(l.opts.Progress, "  %d images built in %s: %s\n", len(all), time.Since(begin).Round(time.Millisecond), dir)
 	return nil
 }

@@ -23,8 +23,13 @@ const (
 	schedulerSecurePort  = "10259"
 )
 
-// ServiceCIDR is kube-apiserver's --service-cluster-ip-range in the lab.
-const ServiceCIDR = "10.96.0.0/12"
+// ServiceCIDR is kube-apiserver's --service-cluster-ip-range in the lab;
+// DNSIP the cluster DNS Service's address in it, the tenth, as kubeadm
+// picks it.
+const (
+	ServiceCIDR = "10.96.0.0/12"
+	DNSIP       = "10.96.0.10"
+)
 
 // startControllers runs kube-scheduler and kube-controller-manager on the
 // control-plane node, each with its own identity, as kubeadm does (there
@@ -98,6 +103,23 @@ func (l *Lab) installKubeProxy(ctx context.Context) error {
 		return err
 	}
 	return l.waitDaemonSet(ctx, "kube-system", "kube-proxy", 2*time.Minute)
+}
+
+// installCoreDNS applies kubeadm's CoreDNS add-on and waits until both
+// replicas answer ready: the pods' cluster DNS at DNSIP.
+func (l *Lab) installCoreDNS(ctx context.Context) error {
+	var m bytes.Buffer
+	if err := manifests.CoreDNS.Execute(&m, map[string]string{"DNSIP": DNSIP, "Image": l.kit.coreDNSImage}); err != nil {
+		return err
+	}
+	c := l.Client()
+	if _, err := c.Kubectl(ctx, &m, "apply", "-f", "-"); err != nil {
+		return err
+	}
+	if out, err := c.Kubectl(ctx, nil, "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=2m"); err != nil {
+		return fmt.Errorf("%w: %s; %s", err, out, l.podsProblem(ctx, "kube-system"))
+	}
+	return nil
 }
 
 // Kubectl runs the real kubectl against the lab, with stdin (if any), and

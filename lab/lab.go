@@ -58,6 +58,9 @@ type Options struct {
 	// Datapath, unless empty or auto, is set as the calyx-node
 	// DaemonSet's CALYX_IPIP_DATAPATH after the manifest is applied.
 	Datapath string
+	// Conformance adds the images Kubernetes' e2e network tests run
+	// (agnhost, glibc-dns-testing, nginx, pause 3.10.2) to every node.
+	Conformance bool
 	// ReferenceCNI gives every node's containerd the runtime handler
 	// node.RefCNIHandler, for the bench's reference sandboxes.
 	ReferenceCNI bool
@@ -179,6 +182,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		{"nodes: containerd and the kubelet on each, the images imported", func() error { return l.startNodes(ctx) }},
 		{"kube-proxy, as kubeadm's DaemonSet (mode \"\": iptables)", func() error { return l.installKubeProxy(ctx) }},
 		{"calyx: kubectl apply -f deploy/calyx.yaml", func() error { return l.installCalyx(ctx) }},
+		{"CoreDNS, as kubeadm's add-on: the cluster's DNS at " + DNSIP, func() error { return l.installCoreDNS(ctx) }},
 	}
 	for _, s := range steps {
 		if err := l.step(s.what, s.fn); err != nil {
@@ -194,7 +198,7 @@ func preflight(opts Options) error {
 	if err := checkBinaries(opts.BinDir); err != nil {
 		return err
 	}
-	if err := checkHostPackages(opts.Progress); err != nil {
+	if err := checkHostPackages(opts.Progress, opts.Conformance); err != nil {
 		return err
 	}
 	if _, err := ReadState(opts.Dir); err == nil {

@@ -91,7 +91,7 @@ func (l *Lab) nodeConfig(i int, name string, hs []string, cgroup string) (node.C
 		Init:      []string{filepath.Join(l.opts.BinDir, "calyx-lab"), "node-init"},
 		APIServer: fmt.Sprintf("https://%s:%d", firstNodeIP, apiServerPort),
 		CA:        l.cp.CA(), ClientCert: cert, ClientKey: key,
-		Hierarchies: hs, CgroupRoot: cgroup, RefCNI: l.opts.ReferenceCNI,
+		Hierarchies: hs, CgroupRoot: cgroup, RefCNI: l.opts.ReferenceCNI, ClusterDNS: DNSIP,
 	}
 	if name == ControlPlaneNode {
 		cfg.KubeletArgs = append(cfg.KubeletArgs, "--register-with-taints="+controlPlaneTaint)

@@ -21,3 +21,9 @@ var tftp string
 // it with Content (test.bin, base64), ServerNode, ClientNode, ClusterIP,
 // Image and ServerScript (the server container's shell command).
 var TFTP = template.Must(template.New("tftp.yaml").Parse(tftp))
+
+//go:embed coredns.yaml
+var coreDNS string
+
+// CoreDNS is kubeadm's CoreDNS add-on; execute it with DNSIP and Image.
+var CoreDNS = template.Must(template.New("coredns.yaml").Parse(coreDNS))

@@ -111,6 +111,8 @@ authentication:
 authorization:
   mode: Webhook
 clusterDomain: cluster.local
+clusterDNS:
+- {{.ClusterDNS}}
 resolvConf: /etc/kubernetes/resolv.conf
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99

@@ -81,6 +81,9 @@ type Config struct {
 	CgroupRoot  string
 	// KubeletArgs are added to the kubelet's command line (labels, taints).
 	KubeletArgs []string
+	// ClusterDNS is the cluster DNS Service's address the kubelet gives
+	// pods (kube-dns, CoreDNS).
+	ClusterDNS string
 	// RefCNI adds containerd's runtime handler "ref", whose CNI
 	// configuration is /etc/cni/ref.d (RefCNIHandler).
 	RefCNI bool
@@ -296,7 +299,7 @@ func configFiles(cfg Config) (map[string]file, error) {
 	if err != nil {
 		return nil, err
 	}
-	kc, err := render(kubeletConfig, map[string]string{"CgroupRoot": cfg.CgroupRoot, "IP": cfg.IP.String()})
+	kc, err := render(kubeletConfig, map[string]string{"CgroupRoot": cfg.CgroupRoot, "IP": cfg.IP.String(), "ClusterDNS": cfg.ClusterDNS})
 	if err != nil {
 		return nil, err
 	}
