@@ -41,6 +41,13 @@ build:
 demo: build
 	$(SUDO) $(BIN)/calyx-lab demo --bin-dir $(BIN)
 
+# Kubernetes' own sig-network e2e tests (the issue's selection and every
+# [sig-network] [Conformance] test the lab meets) against a lab: a table of
+# test, result, seconds. Under the machine-wide lab lock.
+.PHONY: conformance
+conformance: build
+	$(SUDO) flock /tmp/calyx-lab.lock $(BIN)/calyx-lab conformance --bin-dir $(BIN)
+
 generate:
 	hack/update-codegen.sh
 

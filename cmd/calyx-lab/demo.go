@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/calyx-net/calyx/lab"
+	"github.com/calyx-net/calyx/lab/conformance"
 )
 
 func cmdDemo(args []string) error {
@@ -74,4 +75,31 @@ func cmdTFTPGet(args []string) error {
 	}
 	fmt.Fprintf(os.Stderr, "received %s: %d bytes\n", *file, n)
 	return nil
+}
+
+func cmdConformance(args []string) error {
+	fs := flag.NewFlagSet("conformance", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	bounded := fs.Bool("bounded", false, "only the granular pod checks (what make test runs), not the whole selection")
+	reportDir := fs.String("report-dir", filepath.Join(os.TempDir(), "calyx-conformance"), "where the suite's JUnit report and output go")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := requireRoot(); err != nil {
+		return err
+	}
+	if _, err := lab.ReadState(c.dir); err == nil {
+		return fmt.Errorf("a lab is already up in %s: run `calyx-lab down` first, the conformance run builds its own", c.dir)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	tests := conformance.Selection
+	if *bounded {
+		tests = conformance.Bounded
+	}
+	_, err := lab.Conformance(ctx, lab.ConformanceOptions{
+		Lab: lab.Options{Dir: c.dir, BinDir: c.binDir}, Tests: tests, ReportDir: *reportDir, Out: os.Stdout,
+	})
+	return err
 }

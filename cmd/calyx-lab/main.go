@@ -28,6 +28,7 @@ const usage = `calyx-lab: a Kubernetes cluster in network namespaces, with calyx
                                              runs the pod's own programs)
   calyx-lab kubectl ARGS…                    the real kubectl, pointed at the lab
   calyx-lab demo [--keep]                    the TFTP journey across two nodes, captured on every hop
+  calyx-lab conformance [--bounded]          Kubernetes' own sig-network e2e tests against a lab: a table
 
 Common flags: --dir (default /run/calyx-lab), --bin-dir (default: this binary's directory).
 Run as root: the lab creates network namespaces.
@@ -57,6 +58,8 @@ func main() {
 		cmdExec(args) // exits with the command's code
 	case "demo":
 		err = cmdDemo(args)
+	case "conformance":
+		err = cmdConformance(args)
 	case "kubectl":
 		cmdKubectl(args) // exits with kubectl's code
 	case "node-init":
