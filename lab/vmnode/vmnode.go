@@ -254,4 +254,3 @@ func tail(path string) string {
 	}
 	return "\n" + strings.Join(lines, "\n")
 }
-
