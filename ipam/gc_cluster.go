@@ -138,9 +138,9 @@ type pass struct {
 	seen  map[candidate]bool
 	// listed are the blocks as the pass listed them, by name.
 	listed map[string]*v1alpha1.IPAMBlock
-	// sandboxes are the addresses of each pod and network, by ordinal
-	// in the pass's list: more than one means earlier sandboxes' leaks.
-	sandboxes map[sandboxKey][]netip.Addr
+	// sandboxes are the addresses of each pod and network, with their
+	// handles: more than one handle means earlier sandboxes' leaks.
+	sandboxes map[sandboxKey][]held
 	// dry makes the pass decide without writing (DryRun), and record
 	// its decisions in findings instead.
 	dry      bool
@@ -152,6 +152,12 @@ type pass struct {
 }
 
 type sandboxKey struct{ namespace, pod, network string }
+
+// held is an address and the handle that holds it.
+type held struct {
+	addr   netip.Addr
+	handle string
+}
 
 func sandboxOf(a *v1alpha1.Allocation) (sandboxKey, bool) {
 	i := strings.LastIndexByte(a.Handle, '.')
@@ -224,12 +230,12 @@ func (p *pass) run(ctx context.Context) error {
 // run the handles that hold more than one address (which the collector
 // only reports: keeping that index on every pass would cost it for nothing).
 func (p *pass) indexAddresses(blocks []v1alpha1.IPAMBlock) {
-	type held struct {
+	type inBlock struct {
 		block *v1alpha1.IPAMBlock
 		addr  netip.Addr
 	}
-	byHandle := map[string][]held{}
-	p.sandboxes = map[sandboxKey][]netip.Addr{}
+	byHandle := map[string][]inBlock{}
+	p.sandboxes = map[sandboxKey][]held{}
 	for i := range blocks {
 		cidr, err := parseBlock(&blocks[i])
 		if err != nil {
@@ -238,10 +244,10 @@ func (p *pass) indexAddresses(blocks []v1alpha1.IPAMBlock) {
 		for _, a := range blocks[i].Spec.Allocations {
 			addr, _ := v1alpha1.AddrAt(cidr, a.Ordinal)
 			if k, ok := sandboxOf(&a); ok {
-				p.sandboxes[k] = append(p.sandboxes[k], addr)
+				p.sandboxes[k] = append(p.sandboxes[k], held{addr, a.Handle})
 			}
 			if p.dry {
-				byHandle[a.Handle] = append(byHandle[a.Handle], held{&blocks[i], addr})
+				byHandle[a.Handle] = append(byHandle[a.Handle], inBlock{&blocks[i], addr})
 			}
 		}
 	}
@@ -295,15 +301,17 @@ func (p *pass) podGone(ctx context.Context, a *v1alpha1.Allocation, addr netip.A
 		return ReasonPodGone, fmt.Sprintf("pod %s runs on node %s, not %s: the address was an earlier pod's of that name", key, pod.Node, owner), nil
 	}
 	// Only between addresses of one network: a pod's status names its
-	// primary network's address alone, and the others are not leaks.
+	// primary network's address alone, and the others are not leaks. And
+	// only another sandbox's (handle's) address in use condemns this one:
+	// the release goes by handle, and would take the address in use too.
 	k, _ := sandboxOf(a)
 	siblings := p.sandboxes[k]
 	if len(siblings) < 2 || len(pod.IPs) == 0 || slices.Contains(pod.IPs, addr) {
 		return "", "", nil
 	}
 	for _, s := range siblings {
-		if s != addr && slices.Contains(pod.IPs, s) {
-			return ReasonSandboxGone, fmt.Sprintf("pod %s uses %s now: this address was an earlier sandbox's (container %s)", key, s, shortID(a.ContainerID)), nil
+		if s.handle != a.Handle && slices.Contains(pod.IPs, s.addr) {
+			return ReasonSandboxGone, fmt.Sprintf("pod %s uses %s now: this address was an earlier sandbox's (container %s)", key, s.addr, shortID(a.ContainerID)), nil
 		}
 	}
 	return "", "", nil

@@ -83,6 +83,14 @@ func TestDryRun(t *testing.T) {
 				Detail: "pod default/a uses 10.0.0.2 now: this address was an earlier sandbox's (container a-0)"}},
 		},
 		{
+			name: "one sandbox's handle holding the address in use and another: no sandbox-gone, which would release both",
+			objs: GCObjects{Blocks: []v1alpha1.IPAMBlock{
+				block("10.0.0.0/26", "n1", podAt(2, "a-1", "a", "n1"), podAt(7, "a-1", "a", "n1")),
+			}},
+			want: []Finding{{Reason: ReasonDuplicateHandle, Block: b1, CIDR: "10.0.0.0/26", Addrs: []netip.Addr{a("10.0.0.2"), a("10.0.0.7")}, Handle: "k8s-pod-network.a-1",
+				Detail: "handle holds 2 addresses, want 1"}},
+		},
+		{
 			name: "a deleted node: its addresses, its emptied block and its affinity; a block lent to a live node stays",
 			objs: GCObjects{
 				Blocks: []v1alpha1.IPAMBlock{
