@@ -23,6 +23,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -344,7 +345,9 @@ func (a *Agent) openNetNS() error {
 		}
 		a.ns, a.ownNS = ns, true
 	}
-	h, err := netlink.NewHandleAt(a.ns)
+	// Only rtnetlink: asking for every family also opens XFRM and netfilter
+	// sockets, which fail on kernels built without xfrm_user or nfnetlink.
+	h, err := netlink.NewHandleAt(a.ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("opening netlink in the node's namespace: %w", err)
 	}

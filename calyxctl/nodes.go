@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/calyx-net/calyx/api/v1alpha1"
 )
@@ -121,7 +122,7 @@ func Nodes(ctx context.Context, c *Clients, w io.Writer, format, healthAddr stri
 
 // localNode is the node calyxctl runs on, if any.
 func localNode(s *Snapshot) (string, error) {
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE) // rtnetlink alone: no xfrm_user needed
 	if err != nil {
 		return "", err
 	}

@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/calyx-net/calyx/agent/desired"
 	"github.com/calyx-net/calyx/agent/routes"
@@ -94,7 +95,7 @@ func Routes(ctx context.Context, c *Clients, w io.Writer, format, node string) (
 	if err != nil {
 		return 0, err
 	}
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE) // rtnetlink alone: no xfrm_user needed
 	if err != nil {
 		return 0, fmt.Errorf("opening netlink: %w (calyxctl routes runs on a node, as root)", err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Selection is what --ipip-datapath asks for: a Mode, or auto.
@@ -110,9 +111,11 @@ func handleFor(ns netns.NsHandle) (*netlink.Handle, error) {
 	var h *netlink.Handle
 	var err error
 	if ns == 0 {
-		h, err = netlink.NewHandle()
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	} else {
-		h, err = netlink.NewHandleAt(ns)
+		// rtnetlink only, as in the agent: other families need modules
+		// (xfrm_user, nfnetlink) that a minimal kernel may lack.
+		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("opening netlink in the node's network namespace: %w (the agent needs CAP_NET_ADMIN)", err)
