@@ -1,8 +1,10 @@
 package lab
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -151,6 +153,21 @@ type Dissected struct {
 	TFTP         string // RRQ file, DATA n (len), ACK n, ERROR …
 	OuterProto   int
 	InnerPayload []byte
+	// Outer and Inner are the header fields a tunnel sets or copies, of
+	// the outer (when IP-in-IP) and the innermost IP header.
+	Outer, Inner IPFields
+}
+
+// IPFields are what an IP-in-IP encapsulation decides for the outer
+// header: the TTL, Don't Fragment, and the TOS byte (DSCP and ECN).
+type IPFields struct {
+	TTL uint8
+	DF  bool
+	TOS uint8
+}
+
+func ipFields(ip *layers.IPv4) IPFields {
+	return IPFields{TTL: ip.TTL, DF: ip.Flags&layers.IPv4DontFragment != 0, TOS: ip.TOS}
 }
 
 // Dissect decodes a captured packet.
@@ -184,9 +201,11 @@ func Dissect(lt layers.LinkType, data []byte) Dissected {
 	if len(ips) > 0 {
 		inner := ips[len(ips)-1]
 		d.Src, d.Dst = inner.SrcIP.String(), inner.DstIP.String()
+		d.Inner = ipFields(inner)
 		if len(ips) > 1 {
 			d.OuterSrc, d.OuterDst = ips[0].SrcIP.String(), ips[0].DstIP.String()
 			d.OuterProto = int(ips[0].Protocol)
+			d.Outer = ipFields(ips[0])
 		}
 	}
 	if d.UDP {
@@ -226,4 +245,24 @@ func tftpOp(b []byte) string {
 		return "OACK"
 	}
 	return ""
+}
+
+// ReadPcap reads a pcap file (a guest's capture) into its link type and
+// packets.
+func ReadPcap(b []byte) (layers.LinkType, []CapturedPacket, error) {
+	r, err := pcapgo.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading a pcap: %w", err)
+	}
+	var out []CapturedPacket
+	for {
+		data, ci, err := r.ReadPacketData()
+		if errors.Is(err, io.EOF) {
+			return r.LinkType(), out, nil
+		}
+		if err != nil {
+			return 0, nil, fmt.Errorf("reading a pcap: %w", err)
+		}
+		out = append(out, CapturedPacket{Info: ci, Data: data})
+	}
 }

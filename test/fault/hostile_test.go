@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
 
 	"github.com/calyx-net/calyx/agent/firewall"
@@ -187,41 +185,21 @@ func datapathMode(t *testing.T, node string) string {
 	return ""
 }
 
-// udpPacket is an IPv4/UDP packet, checksums and lengths filled in.
+// udpPacket is lab.UDPPacket on the tests' port.
 func udpPacket(t *testing.T, src, dst netip.Addr, payload []byte) []byte {
 	t.Helper()
-	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
-	udp := &layers.UDP{SrcPort: udpPort, DstPort: udpPort}
-	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
+	p, err := lab.UDPPacket(src, dst, udpPort, payload)
+	if err != nil {
 		t.Fatal(err)
 	}
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, udp, gopacket.Payload(payload)); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return p
 }
 
-// sendRaw sends payload burst times from a raw socket of protocol proto in
-// the named namespace: IPPROTO_IPIP makes the kernel put an outer IPv4
-// header (protocol 4) from this namespace to dst in front of the inner
-// packet; IPPROTO_RAW sends the packet as it is, source included.
+// sendRaw is lab.SendRaw, burst times.
 func sendRaw(t *testing.T, netnsName string, proto int, dst netip.Addr, payload []byte) {
 	t.Helper()
-	var fd int
-	err := lab.InNetNS(netnsName, func() (err error) {
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("opening a raw socket (protocol %d) in %s: %v", proto, netnsName, err)
-	}
-	defer unix.Close(fd)
-	for range burst {
-		if err := unix.Sendto(fd, payload, 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
-			t.Fatalf("sending from %s to %s: %v", netnsName, dst, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := lab.SendRaw(netnsName, proto, dst, payload, burst); err != nil {
+		t.Fatal(err)
 	}
 }
 
