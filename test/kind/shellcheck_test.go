@@ -5,6 +5,7 @@ package kind
 
 import (
 	"io/fs"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -25,7 +26,7 @@ func TestShellcheck(t *testing.T) {
 		if d.IsDir() && (d.Name() == ".git" || d.Name() == "bin") {
 			return filepath.SkipDir
 		}
-		if !d.IsDir() && strings.HasSuffix(p, ".sh") {
+		if !d.IsDir() && (strings.HasSuffix(p, ".sh") || shellShebang(p)) {
 			scripts = append(scripts, p)
 		}
 		return nil
@@ -41,4 +42,18 @@ func TestShellcheck(t *testing.T) {
 		t.Fatalf("shellcheck %s: %v\n%s", strings.Join(scripts, " "), err, out)
 	}
 	t.Logf("shellcheck clean: %s", strings.Join(scripts, " "))
+}
+
+// shellShebang says whether the file at p is a shell script without the
+// .sh suffix, such as .ci/run.
+func shellShebang(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	head := make([]byte, 64)
+	n, _ := f.Read(head)
+	line, _, _ := strings.Cut(string(head[:n]), "\n")
+	return strings.HasPrefix(line, "#!") && (strings.HasSuffix(line, "/bash") || strings.HasSuffix(line, " bash") || strings.HasSuffix(line, "/sh"))
 }
