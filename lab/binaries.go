@@ -12,7 +12,7 @@ import (
 
 // allBinaries are what the lab needs of `make build`: calyx-lab (each
 // node's init), pause, and what calyx's image holds.
-var allBinaries = []string{"calyx-agent", "calyx-lab", "calyxctl", "pause", "calyx", "calyx-ipam", "portmap", "loopback"}
+var allBinaries = []string{"calyx-agent", "calyx-lab", "calyxctl", "pause", "calyx-guest", "calyx", "calyx-ipam", "portmap", "loopback"}
 
 // BuildBinaries builds calyx's binaries (and the shipped portmap and
 // loopback) from the module at srcDir into dir. The lab uses the real
@@ -28,6 +28,7 @@ func BuildBinaries(ctx context.Context, srcDir, dir string, progress io.Writer) 
 		"calyx-lab":   "./cmd/calyx-lab",
 		"calyxctl":    "./cmd/calyxctl",
 		"pause":       "./cmd/pause",
+		"calyx-guest": "./cmd/calyx-guest",
 		"portmap":     "github.com/containernetworking/plugins/plugins/meta/portmap",
 		"loopback":    "github.com/containernetworking/plugins/plugins/main/loopback",
 	}

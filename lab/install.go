@@ -195,12 +195,23 @@ var e2ePackages = []hostPackage{
 	{"bind9-dnsutils", "/usr/bin/dig"},
 }
 
+// kernelNodePackages are what the kernel node takes from the host: qemu,
+// and the tools its initramfs carries.
+var kernelNodePackages = []hostPackage{
+	{"qemu-system-x86", "/usr/bin/qemu-system-x86_64"},
+	{"nftables", "/usr/sbin/nft"},
+	{"iputils-ping", "/usr/bin/ping"},
+}
+
 // checkHostPackages installs, with apt, the packages the lab's images need
 // when they are missing (a fresh Debian machine), or says what to install.
-func checkHostPackages(progress io.Writer, conformance bool) error {
+func checkHostPackages(progress io.Writer, conformance, kernelNode bool) error {
 	pkgs := hostPackages
 	if conformance {
 		pkgs = append(slices.Clone(pkgs), e2ePackages...)
+	}
+	if kernelNode {
+		pkgs = append(slices.Clone(pkgs), kernelNodePackages...)
 	}
 	var missing []string
 	for _, p := range pkgs {

@@ -3,12 +3,15 @@ package lab
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/calyx-net/calyx/lab/conformance"
 	"github.com/calyx-net/calyx/lab/debpkg"
 	"github.com/calyx-net/calyx/lab/images"
 	"github.com/calyx-net/calyx/lab/kubebin"
@@ -29,6 +32,9 @@ type kit struct {
 	// kubeProxyImage and coreDNSImage are the add-ons' image names in the
 	// lab's manifests.
 	kubeProxyImage, coreDNSImage string
+	// busybox is Debian's busybox-static; kernel and modules the kernel
+	// node's (Options.KernelNode).
+	busybox, kernel, modules string
 }
 
 // prepareKit gathers the kit. The first run builds the Kubernetes binaries
@@ -51,6 +57,11 @@ func (l *Lab) prepareKit(ctx context.Context) (*kit, error) {
 	}
 	if err := l.prepareRuntimes(ctx, k); err != nil {
 		return nil, err
+	}
+	if l.opts.KernelNode {
+		if err := l.prepareKernel(ctx, k); err != nil {
+			return nil, err
+		}
 	}
 	return k, l.buildImages(ctx, k)
 }
@@ -110,6 +121,7 @@ func (l *Lab) buildImages(ctx context.Context, k *kit) error {
 		return err
 	}
 	busybox = filepath.Join(busybox, "bin", "busybox")
+	k.busybox = busybox
 	tools, err := kubebin.ToolsDir()
 	if err != nil {
 		return err
@@ -134,18 +146,31 @@ func (l *Lab) buildImages(ctx context.Context, k *kit) error {
 		{"coredns.tar", "", func() (string, v1.Image, error) { return images.CoreDNS(coredns, dnsVersion) }},
 	}
 	if l.opts.Conformance {
-		e2e, err := l.e2eImages(ctx, tools, busybox)
+		e2e, err := e2eImages(ctx, tools, busybox, l.opts.BinDir, l.opts.Progress)
 		if err != nil {
 			return err
 		}
 		all = append(all, e2e...)
 	}
-	return l.writeImages(k, all)
+	out, err := writeImages(filepath.Join(l.opts.Dir, "images"), all, l.opts.Progress)
+	if err != nil {
+		return err
+	}
+	for _, w := range out {
+		switch filepath.Base(w.path) {
+		case "kube-proxy.tar":
+			k.kubeProxyImage = w.tag
+		case "coredns.tar":
+			k.coreDNSImage = w.tag
+		}
+		k.images = append(k.images, w.path)
+	}
+	return nil
 }
 
 // e2eImages are the images Kubernetes' e2e network tests run.
-func (l *Lab) e2eImages(ctx context.Context, tools, busybox string) ([]image, error) {
-	agnhost, err := kubebin.Ensure(ctx, "agnhost", l.opts.Progress)
+func e2eImages(ctx context.Context, tools, busybox, binDir string, progress io.Writer) ([]image, error) {
+	agnhost, err := kubebin.Ensure(ctx, "agnhost", progress)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +178,7 @@ func (l *Lab) e2eImages(ctx context.Context, tools, busybox string) ([]image, er
 	if err != nil {
 		return nil, err
 	}
-	nginx, err := debpkg.Ensure(ctx, "nginx", l.opts.Progress)
+	nginx, err := debpkg.Ensure(ctx, "nginx", progress)
 	if err != nil {
 		return nil, err
 	}
@@ -163,38 +188,72 @@ func (l *Lab) e2eImages(ctx context.Context, tools, busybox string) ([]image, er
 		{"agnhost.tar", "", func() (string, v1.Image, error) { return images.Agnhost(agnhost, busybox, porter, t) }},
 		{"glibc-dns-testing.tar", "", func() (string, v1.Image, error) { return images.GlibcDNSTesting(busybox, t) }},
 		{"nginx.tar", "", func() (string, v1.Image, error) { return images.Nginx(filepath.Join(nginx, "usr", "sbin", "nginx")) }},
-		{"pause-e2e.tar", images.PauseE2ETag, func() (string, v1.Image, error) { return images.Pause(l.opts.BinDir) }},
+		{"pause-e2e.tar", images.PauseE2ETag, func() (string, v1.Image, error) { return images.Pause(binDir) }},
 	}, nil
 }
 
-// writeImages builds every image into the lab's directory and lists its
-// tarball for the nodes to import.
-func (l *Lab) writeImages(k *kit, all []image) error {
-	dir := filepath.Join(l.opts.Dir, "images")
+// written is an image's tarball and name.
+type written struct{ path, tag string }
+
+// writeImages builds every image into dir, and says what it wrote.
+func writeImages(dir string, all []image, progress io.Writer) ([]written, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return nil, err
 	}
 	begin := time.Now()
+	var out []written
 	for _, b := range all {
 		tag, img, err := b.build()
 		if err != nil {
-			return fmt.Errorf("building the image %s: %w", b.file, err)
+			return nil, fmt.Errorf("building the image %s: %w", b.file, err)
 		}
 		if b.tag != "" {
 			tag = b.tag
 		}
 		path := filepath.Join(dir, b.file)
 		if err := images.Write(path, tag, img); err != nil {
-			return err
+			return nil, err
 		}
-		switch b.file {
-		case "kube-proxy.tar":
-			k.kubeProxyImage = tag
-		case "coredns.tar":
-			k.coreDNSImage = tag
-		}
-		k.images = append(k.images, path)
+		out = append(out, written{path, tag})
 	}
-	fmt.Fprintf(l.opts.Progress, "  %d images built in %s: %s\n", len(all), time.Since(begin).Round(time.Millisecond), dir)
-	return nil
+	fmt.Fprintf(progress, "  %d images built in %s: %s\n", len(all), time.Since(begin).Round(time.Millisecond), dir)
+	return out, nil
+}
+
+// ConformanceKit writes what a run of the e2e network tests against a
+// cluster of one's own (kind: test/kind/e2e.sh) needs into dir: the
+// suite, the images its tests run (images/*.tar, for `kind load
+// image-archive`) and the selection's focus, one regexp per line.
+func ConformanceKit(ctx context.Context, dir, binDir string, progress io.Writer) error {
+	suite, err := kubebin.Ensure(ctx, "e2e-network.test", progress)
+	if err != nil {
+		return err
+	}
+	busybox, err := debpkg.Ensure(ctx, "busybox-static", progress)
+	if err != nil {
+		return err
+	}
+	tools, err := kubebin.ToolsDir()
+	if err != nil {
+		return err
+	}
+	all, err := e2eImages(ctx, tools, filepath.Join(busybox, "bin", "busybox"), binDir, progress)
+	if err != nil {
+		return err
+	}
+	if _, err := writeImages(filepath.Join(dir, "images"), all, progress); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(suite)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "e2e-network.test"), b, 0o755); err != nil {
+		return err
+	}
+	var focus strings.Builder
+	for _, t := range conformance.Selection {
+		focus.WriteString(conformance.Focus([]string{t}) + "\n")
+	}
+	return os.WriteFile(filepath.Join(dir, "focus.txt"), []byte(focus.String()), 0o644)
 }

@@ -58,6 +58,9 @@ type Options struct {
 	// Datapath, unless empty or auto, is set as the calyx-node
 	// DaemonSet's CALYX_IPIP_DATAPATH after the manifest is applied.
 	Datapath string
+	// KernelNode adds learn-k8s-4, a qemu guest with Debian's kernel
+	// (which has ipip), whose agent picks the kernel's datapath.
+	KernelNode bool
 	// Conformance adds the images Kubernetes' e2e network tests run
 	// (agnhost, glibc-dns-testing, nginx, pause 3.10.2) to every node.
 	Conformance bool
@@ -79,8 +82,8 @@ type Lab struct {
 	kit    *kit
 	nodes  map[string]*node.Node
 	// kubeProcs are kube-scheduler and kube-controller-manager.
-	kubeProcs []*process
-	cgroups   []string
+	kubeProcs  []*process
+	kernelNode *KernelNode
 }
 
 // NodeName is the name of worker i (0-based): learn-k8s-2, learn-k8s-3, …
@@ -184,6 +187,12 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		{"calyx: kubectl apply -f deploy/calyx.yaml", func() error { return l.installCalyx(ctx) }},
 		{"CoreDNS, as kubeadm's add-on: the cluster's DNS at " + DNSIP, func() error { return l.installCoreDNS(ctx) }},
 	}
+	if opts.KernelNode {
+		steps = append(steps, struct {
+			what string
+			fn   func() error
+		}{KernelNodeName + ": a qemu guest with Debian's kernel (ipip), calyx-agent --ipip-datapath auto", func() error { return l.startKernelNode(ctx) }})
+	}
 	for _, s := range steps {
 		if err := l.step(s.what, s.fn); err != nil {
 			return nil, err
@@ -198,7 +207,7 @@ func preflight(opts Options) error {
 	if err := checkBinaries(opts.BinDir); err != nil {
 		return err
 	}
-	if err := checkHostPackages(opts.Progress, opts.Conformance); err != nil {
+	if err := checkHostPackages(opts.Progress, opts.Conformance, opts.KernelNode); err != nil {
 		return err
 	}
 	if _, err := ReadState(opts.Dir); err == nil {
@@ -281,6 +290,9 @@ func down(dir string, l *Lab) error {
 		s = &State{}
 	}
 	if l != nil {
+		if l.kernelNode != nil {
+			l.kernelNode.Stop()
+		}
 		for _, n := range l.nodes {
 			n.Stop()
 		}

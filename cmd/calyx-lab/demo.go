@@ -103,3 +103,21 @@ func cmdConformance(args []string) error {
 	})
 	return err
 }
+
+func cmdConformanceKit(args []string) error {
+	fs := flag.NewFlagSet("conformance-kit", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	out := fs.String("out", "", "directory to write the suite, the images and the focus into")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *out == "" {
+		return fmt.Errorf("--out DIR is required")
+	}
+	if err := lab.ConformanceKit(context.Background(), *out, c.binDir, os.Stderr); err != nil {
+		return err
+	}
+	fmt.Printf("wrote %s: e2e-network.test, images/*.tar (kind load image-archive), focus.txt\n", *out)
+	return nil
+}

@@ -53,6 +53,7 @@ func cmdUp(args []string) error {
 	datapath := fs.String("ipip-datapath", "auto", "calyx-node's tunl0 datapath: auto, kernel or ebpf")
 	var runtimes runtimeFlag
 	fs.Var(&runtimes, "runtime", "NODE=containerd-1.6|containerd-2: a node's container runtime (repeatable; default 1.6 on learn-k8s-2, 2 elsewhere)")
+	kernelNode := fs.Bool("kernel-node", false, "add learn-k8s-4, a qemu guest with Debian's kernel (which has ipip): calyx-agent picks the kernel's datapath there")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -79,7 +80,7 @@ func cmdUp(args []string) error {
 	}
 	defer log.Close()
 	self, _ := os.Executable()
-	supArgs := []string{"supervise", "--dir", c.dir, "--bin-dir", c.binDir, "--workers", fmt.Sprint(*workers), "--ipip-datapath", *datapath}
+	supArgs := []string{"supervise", "--dir", c.dir, "--bin-dir", c.binDir, "--workers", fmt.Sprint(*workers), "--ipip-datapath", *datapath, fmt.Sprintf("--kernel-node=%v", *kernelNode)}
 	for n, r := range runtimes {
 		supArgs = append(supArgs, "--runtime", n+"="+string(r))
 	}
@@ -133,13 +134,14 @@ func cmdSupervise(args []string) error {
 	datapath := fs.String("ipip-datapath", "auto", "")
 	var runtimes runtimeFlag
 	fs.Var(&runtimes, "runtime", "")
+	kernelNode := fs.Bool("kernel-node", false, "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	l, err := lab.Up(ctx, lab.Options{
-		Dir: c.dir, Workers: *workers, BinDir: c.binDir, Datapath: *datapath, Runtimes: runtimes, Progress: os.Stdout,
+		Dir: c.dir, Workers: *workers, BinDir: c.binDir, Datapath: *datapath, Runtimes: runtimes, KernelNode: *kernelNode, Progress: os.Stdout,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {

@@ -12,7 +12,7 @@ import (
 
 const usage = `calyx-lab: a Kubernetes cluster in network namespaces, with calyx as its pod network
 
-  calyx-lab up [--workers N] [--runtime NODE=containerd-1.6|containerd-2]
+  calyx-lab up [--workers N] [--runtime NODE=containerd-1.6|containerd-2] [--kernel-node]
                                              start the lab (control plane learn-k8s-1, workers learn-k8s-2…):
                                              kubelet and containerd on every node, calyx from deploy/calyx.yaml
   calyx-lab down                             remove every namespace, process, mount, cgroup and file of the lab
@@ -29,6 +29,7 @@ const usage = `calyx-lab: a Kubernetes cluster in network namespaces, with calyx
   calyx-lab kubectl ARGS…                    the real kubectl, pointed at the lab
   calyx-lab demo [--keep]                    the TFTP journey across two nodes, captured on every hop
   calyx-lab conformance [--bounded]          Kubernetes' own sig-network e2e tests against a lab: a table
+  calyx-lab conformance-kit --out DIR        the suite, its images and the selection, for a cluster of one's own
 
 Common flags: --dir (default /run/calyx-lab), --bin-dir (default: this binary's directory).
 Run as root: the lab creates network namespaces.
@@ -60,6 +61,8 @@ func main() {
 		err = cmdDemo(args)
 	case "conformance":
 		err = cmdConformance(args)
+	case "conformance-kit":
+		err = cmdConformanceKit(args)
 	case "kubectl":
 		cmdKubectl(args) // exits with kubectl's code
 	case "node-init":

@@ -10,7 +10,8 @@
 #
 # Environment: CLUSTER (calyx-e2e), KEEP=1 keeps the cluster afterwards,
 # JUNIT (bin/e2e-kind-junit.xml), POD_IMAGE (busybox:1.36),
-# TCPDUMP_IMAGE (nicolaka/netshoot:v0.13).
+# TCPDUMP_IMAGE (nicolaka/netshoot:v0.13), CONFORMANCE=0 skips Kubernetes'
+# network e2e tests (make conformance's selection, with the lab's images).
 # Exits non-zero when a scenario fails; writes JUnit XML to $JUNIT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,6 +22,7 @@ JUNIT=${JUNIT:-bin/e2e-kind-junit.xml}
 POD_IMAGE=${POD_IMAGE:-busybox:1.36}
 TCPDUMP_IMAGE=${TCPDUMP_IMAGE:-nicolaka/netshoot:v0.13}
 KEEP=${KEEP:-0}
+CONFORMANCE=${CONFORMANCE:-1}
 CTX="kind-$CLUSTER"
 SERVER_NODE="$CLUSTER-worker"
 CLIENT_NODE="$CLUSTER-worker2"
@@ -152,6 +154,33 @@ shared_results "$outdir/shared-scenarios.log"
 scenario setup-tftp setup_pods
 scenario tftp-pod-ip tftp_pod
 scenario tftp-service tftp_service
+
+# Kubernetes' own network e2e tests: the selection `make conformance` runs
+# on the lab, with the same suite and the same images, loaded into kind.
+conformance() {
+	local kit=$outdir/conformance
+	go run ./cmd/calyx-lab conformance-kit --out "$kit"
+	for img in "$kit"/images/*.tar; do kind load image-archive "$img" --name "$CLUSTER"; done
+	kind get kubeconfig --name "$CLUSTER" >"$kit/kubeconfig"
+	"$kit/e2e-network.test" --kubeconfig="$kit/kubeconfig" --provider=skeleton \
+		--kubectl-path="$(command -v kubectl)" --disable-log-dump --report-dir="$kit/report" \
+		--ginkgo.focus="$(paste -sd'|' "$kit/focus.txt")" --ginkgo.v --ginkgo.no-color --ginkgo.timeout=2h
+}
+conformance_results() {
+	local junit=$outdir/conformance/report/junit_01.xml
+	[ -f "$junit" ] || return 0
+	# One JUnit case per test that ran: its name, seconds and status.
+	grep -o '<testcase name="\[It\] [^"]*" classname="[^"]*" status="\(passed\|failed\)" time="[0-9.]*"' "$junit" |
+		sed -E 's/<testcase name="\[It\] ([^"]*)" classname="[^"]*" status="([a-z]*)" time="([0-9.]*)"/\1|\3|\2/' |
+		while IFS='|' read -r name secs status; do
+			case $status in passed) status=pass ;; *) status=fail ;; esac
+			echo "$name|$secs|$status|$outdir/conformance.log"
+		done
+}
+if [ "$CONFORMANCE" = 1 ]; then
+	scenario conformance conformance
+	while IFS= read -r r; do results+=("$r"); done < <(conformance_results)
+fi
 
 # --- report ------------------------------------------------------------------
 
