@@ -55,6 +55,9 @@ func run(m *testing.M) int {
 			fmt.Fprintf(os.Stderr, "the lab left behind:\n  %s\n", strings.Join(left, "\n  "))
 			code = 1
 		}
+	}
+	if shared.dir != "" {
+		// Also after a failed Up, which took itself down.
 		os.RemoveAll(filepath.Dir(shared.dir))
 	}
 	return code
