@@ -96,42 +96,81 @@ type ControlPlane struct {
 // Start starts etcd and kube-apiserver and installs the CRDs. The caller must
 // call Stop, which also removes the files Start made.
 func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
-	if opts.Progress == nil {
-		opts.Progress = io.Discard
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.BindAddress == "" {
-		opts.BindAddress = "127.0.0.1"
-	}
-	if opts.StartTimeout == 0 {
-		opts.StartTimeout = 60 * time.Second
-	}
+	opts = opts.withDefaults()
 	bin, err := kubebin.Ensure(ctx, "kube-apiserver", opts.Progress)
 	if err != nil {
 		return nil, err
 	}
-
-	cp := &ControlPlane{Dir: opts.Dir, log: opts.Logger, opts: opts}
-	if cp.Dir == "" {
-		if cp.Dir, err = os.MkdirTemp("", "calyx-cp-"); err != nil {
-			return nil, fmt.Errorf("creating the control plane's dir: %w", err)
-		}
-		cp.removeDir = true
-	} else if err := os.MkdirAll(cp.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating %s: %w", cp.Dir, err)
+	cp := &ControlPlane{Dir: opts.Dir, log: opts.Logger, opts: opts, bin: bin}
+	if err := cp.makeDir(); err != nil {
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
 			cp.Stop()
 		}
 	}()
-
 	if err := cp.startEtcd(); err != nil {
 		return nil, err
 	}
+	if err := cp.prepareServing(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	if err := cp.startAPIServer(); err != nil {
+		return nil, err
+	}
+	cp.Config = cp.adminConfig()
+	if err := cp.waitReady(ctx, opts.StartTimeout); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(opts.Progress, "kube-apiserver %s ready at %s after %s\n", cp.Version, cp.URL, time.Since(start).Round(time.Millisecond))
+	if err := installCRDs(ctx, cp.Config); err != nil {
+		return nil, err
+	}
+	if err := cp.writeHostKubeconfig(); err != nil {
+		return nil, err
+	}
+	return cp, nil
+}
 
+func (o Options) withDefaults() Options {
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.BindAddress == "" {
+		o.BindAddress = "127.0.0.1"
+	}
+	if o.StartTimeout == 0 {
+		o.StartTimeout = 60 * time.Second
+	}
+	return o
+}
+
+// makeDir creates the control plane's directory, a temporary one (removed
+// by Stop) when Options.Dir is empty.
+func (cp *ControlPlane) makeDir() error {
+	if cp.Dir != "" {
+		if err := os.MkdirAll(cp.Dir, 0o700); err != nil {
+			return fmt.Errorf("creating %s: %w", cp.Dir, err)
+		}
+		return nil
+	}
+	dir, err := os.MkdirTemp("", "calyx-cp-")
+	if err != nil {
+		return fmt.Errorf("creating the control plane's dir: %w", err)
+	}
+	cp.Dir, cp.removeDir = dir, true
+	return nil
+}
+
+// prepareServing issues the serving certificates for the addresses the API
+// server is reached at, picks its port and sets URL.
+func (cp *ControlPlane) prepareServing() error {
+	opts := cp.opts
 	var ips []net.IP
 	for _, a := range []string{opts.BindAddress, opts.AdvertiseAddress} {
 		if ip := net.ParseIP(a); ip != nil && !ip.IsUnspecified() {
@@ -140,13 +179,12 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	}
 	pki, err := newPKI(cp.Dir, ips)
 	if err != nil {
-		return nil, fmt.Errorf("creating certificates: %w", err)
+		return fmt.Errorf("creating certificates: %w", err)
 	}
-
 	port := opts.Port
 	if port == 0 {
 		if port, err = cp.freePort(opts.BindAddress); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	host := opts.BindAddress
@@ -157,47 +195,43 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		host = opts.AdvertiseAddress
 	}
 	cp.URL = "https://" + net.JoinHostPort(host, strconv.Itoa(port))
+	cp.pki, cp.port = pki, port
+	return nil
+}
 
-	start := time.Now()
-	cp.bin, cp.pki, cp.opts, cp.port = bin, pki, opts, port
-	if err := cp.startAPIServer(); err != nil {
-		return nil, err
-	}
-	cp.Config = &rest.Config{
+// adminConfig is the client configuration of the cluster's admin, dialling
+// into the control plane's namespace when it has one.
+func (cp *ControlPlane) adminConfig() *rest.Config {
+	c := &rest.Config{
 		Host: cp.URL,
 		TLSClientConfig: rest.TLSClientConfig{
-			CAData:   pki.caPEM,
-			CertData: pki.adminCertPEM,
-			KeyData:  pki.adminKeyPEM,
+			CAData:   cp.pki.caPEM,
+			CertData: cp.pki.adminCertPEM,
+			KeyData:  cp.pki.adminKeyPEM,
 		},
 		QPS:   -1, // tests create objects in bursts; no client-side throttling
 		Burst: -1,
 	}
-	if opts.NetNS != "" {
-		cp.Config.Dial = dialIn(opts.NetNS)
+	if cp.opts.NetNS != "" {
+		c.Dial = dialIn(cp.opts.NetNS)
 	}
-	if err := cp.waitReady(ctx, opts.StartTimeout); err != nil {
-		return nil, err
-	}
-	fmt.Fprintf(opts.Progress, "kube-apiserver %s ready at %s after %s\n", cp.Version, cp.URL, time.Since(start).Round(time.Millisecond))
+	return c
+}
 
-	if err := installCRDs(ctx, cp.Config); err != nil {
-		return nil, err
-	}
-	// The kubeconfig is for kubectl on the host: when the API server lives
-	// in a namespace, it goes through a loopback proxy into it.
+// writeHostKubeconfig writes the kubeconfig for kubectl on the host: when
+// the API server lives in a namespace, it goes through a loopback proxy
+// into it.
+func (cp *ControlPlane) writeHostKubeconfig() error {
 	hostURL := cp.URL
-	if opts.NetNS != "" {
-		if cp.proxy, err = startProxy(opts.NetNS, strings.TrimPrefix(cp.URL, "https://")); err != nil {
-			return nil, err
+	if cp.opts.NetNS != "" {
+		var err error
+		if cp.proxy, err = startProxy(cp.opts.NetNS, strings.TrimPrefix(cp.URL, "https://")); err != nil {
+			return err
 		}
 		hostURL = "https://" + cp.proxy.addr()
 	}
 	cp.Kubeconfig = filepath.Join(cp.Dir, "kubeconfig")
-	if err := cp.WriteKubeconfig(cp.Kubeconfig, hostURL); err != nil {
-		return nil, err
-	}
-	return cp, nil
+	return cp.WriteKubeconfig(cp.Kubeconfig, hostURL)
 }
 
 func (cp *ControlPlane) startEtcd() error {
