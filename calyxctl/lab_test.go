@@ -23,6 +23,7 @@ import (
 	"github.com/calyx-net/calyx/ipam"
 	"github.com/calyx-net/calyx/lab"
 	"github.com/calyx-net/calyx/lab/kubebin"
+	"github.com/calyx-net/calyx/lab/labtest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -41,32 +42,6 @@ func buildBinaries(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return dir
-}
-
-// waitNoLab waits while another test's lab holds the fixed namespace names.
-func waitNoLab(t *testing.T) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Minute)
-	for {
-		out, err := exec.Command("ip", "netns", "list").CombinedOutput()
-		if err != nil {
-			t.Fatalf("ip netns list: %v\n%s", err, out)
-		}
-		if !strings.Contains(string(out), "learn-k8s-") && !strings.Contains(string(out), "calyx-lab-") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a lab is still up after 5 minutes (%s): run `calyx-lab down`", strings.Fields(string(out)))
-		}
-		time.Sleep(3 * time.Second)
-	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // result is one calyxctl run.
@@ -96,11 +71,11 @@ func golden(t *testing.T, name, got string) {
 // pods, as a user would: the binary, its exit status and its output.
 func TestLab(t *testing.T) {
 	binDir := buildBinaries(t)
-	waitNoLab(t)
+	labtest.WaitNoLab(t, 5*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	dir := filepath.Join(t.TempDir(), "lab")
-	l, err := lab.Up(ctx, lab.Options{Dir: dir, BinDir: binDir, Progress: testWriter{t}})
+	l, err := lab.Up(ctx, lab.Options{Dir: dir, BinDir: binDir, Progress: labtest.Log(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

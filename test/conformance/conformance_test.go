@@ -7,26 +7,24 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/calyx-net/calyx/lab"
 	"github.com/calyx-net/calyx/lab/conformance"
+	"github.com/calyx-net/calyx/lab/labtest"
 )
 
 func TestGranularPodChecks(t *testing.T) {
-	bin := t.TempDir()
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
-	if err := lab.BuildBinaries(context.Background(), root, bin, testWriter{t}); err != nil {
+	bin, err := labtest.Binaries("calyx-conformance-bin-", labtest.Log(t))
+	if err != nil {
 		t.Fatal(err)
 	}
-	waitNoLab(t, 5*time.Minute)
+	defer os.RemoveAll(bin)
+	labtest.WaitNoLab(t, 5*time.Minute)
 	results, err := lab.Conformance(context.Background(), lab.ConformanceOptions{
 		Lab:   lab.Options{Dir: filepath.Join(t.TempDir(), "lab"), BinDir: bin},
-		Tests: conformance.Bounded, ReportDir: t.TempDir(), Out: testWriter{t},
+		Tests: conformance.Bounded, ReportDir: t.TempDir(), Out: labtest.Log(t),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -34,27 +32,4 @@ func TestGranularPodChecks(t *testing.T) {
 	if len(results) != len(conformance.Bounded) {
 		t.Fatalf("%d results for %d tests", len(results), len(conformance.Bounded))
 	}
-}
-
-// waitNoLab waits while another lab (another package's) is up: the lab's
-// namespace names are fixed, one lab per machine.
-func waitNoLab(t *testing.T, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if _, err := os.Stat("/var/run/netns/" + lab.ControlPlaneNode); err != nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a lab is up and did not go within %s: run `calyx-lab down`", timeout)
-		}
-		time.Sleep(3 * time.Second)
-	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }

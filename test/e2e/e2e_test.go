@@ -11,30 +11,25 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/calyx-net/calyx/lab"
+	"github.com/calyx-net/calyx/lab/labtest"
 )
 
 var (
 	binDir string
-
-	shared struct {
-		once sync.Once
-		l    *lab.Lab
-		dir  string
-		err  error
-	}
+	// shared is the lab TestLab, TestService and the upgrade tests share:
+	// it comes up with the first of them and goes down after the last,
+	// when TestMain checks it left nothing behind.
+	shared labtest.Shared
 )
 
 func TestMain(m *testing.M) {
@@ -42,125 +37,32 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "calyx-e2e-bin-")
+	dir, err := labtest.Binaries("calyx-e2e-bin-", os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
-	if err := lab.BuildBinaries(context.Background(), root, dir, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
 	binDir = dir
-	mountsBefore := mounts()
+	shared.Options = lab.Options{BinDir: binDir}
 	code := m.Run()
-	if shared.l != nil {
-		if err := shared.l.Down(); err != nil {
-			fmt.Fprintf(os.Stderr, "taking the shared lab down: %v\n", err)
-			code = 1
-		}
-		if left := leftOver(shared.dir, mountsBefore); len(left) > 0 {
-			fmt.Fprintf(os.Stderr, "the shared lab left behind:\n  %s\n", strings.Join(left, "\n  "))
-			code = 1
-		}
-		os.RemoveAll(filepath.Dir(shared.dir))
+	if err := shared.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
 	}
 	return code
 }
 
-// sharedLab is the lab TestLab, TestService and the upgrade tests share:
-// it comes up with the first of them and goes down after the last, when
-// TestMain checks it left nothing behind.
-func sharedLab(t *testing.T) *lab.Lab {
-	t.Helper()
-	shared.once.Do(func() {
-		waitNoLab(t, 3*time.Minute)
-		tmp, err := os.MkdirTemp("", "calyx-e2e-lab-")
-		if err != nil {
-			shared.err = err
-			return
-		}
-		shared.dir = filepath.Join(tmp, "lab")
-		begin := time.Now()
-		shared.l, shared.err = lab.Up(context.Background(), lab.Options{Dir: shared.dir, BinDir: binDir, Progress: testWriter{t}})
-		t.Logf("the shared lab came up in %s", time.Since(begin).Round(time.Millisecond))
-	})
-	if shared.err != nil {
-		t.Fatalf("bringing the lab up: %v", shared.err)
-	}
-	return shared.l
-}
-
-// labNamespaces lists the network namespaces of a lab that exist.
-func labNamespaces() []string {
-	out, _ := exec.Command("ip", "netns", "list").CombinedOutput()
-	var found []string
-	for _, l := range strings.Split(string(out), "\n") {
-		name, _, _ := strings.Cut(l, " ")
-		if strings.HasPrefix(name, "learn-k8s-") || strings.HasPrefix(name, "calyx-lab-") {
-			found = append(found, name)
-		}
-	}
-	return found
-}
-
-// waitNoLab waits while another lab (of another test run) is up, then
-// fails if it does not go.
-func waitNoLab(t *testing.T, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for len(labNamespaces()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(3 * time.Second)
-	}
-	if ns := labNamespaces(); len(ns) > 0 {
-		t.Fatalf("a lab is already up (%v): run `calyx-lab down` before the tests", ns)
-	}
-}
-
-// mounts is the host's mount table, as a user would compare it.
-func mounts() string {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	return string(b)
-}
-
-// leftOver is what a user would find after `calyx-lab down` and should
-// not: namespaces, the lab's directory, its processes (every node's init
-// names the directory), cgroups, mounts that were not there before.
-func leftOver(dir, mountsBefore string) []string {
-	var left []string
-	if ns := labNamespaces(); len(ns) > 0 {
-		left = append(left, fmt.Sprintf("network namespaces %v", ns))
-	}
-	if _, err := os.Stat(dir); err == nil {
-		left = append(left, dir)
-	}
-	if out, _ := exec.Command("pgrep", "-a", "-f", dir).CombinedOutput(); len(strings.TrimSpace(string(out))) > 0 {
-		left = append(left, "processes: "+strings.TrimSpace(string(out)))
-	}
-	filepath.WalkDir("/sys/fs/cgroup", func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.IsDir() && d.Name() == "calyx-lab" {
-			left = append(left, "cgroup "+p)
-			return filepath.SkipDir
-		}
-		return nil
-	})
-	if now := mounts(); now != mountsBefore {
-		left = append(left, fmt.Sprintf("the host's mount table changed:\nbefore:\n%s\nafter:\n%s", mountsBefore, now))
-	}
-	return left
-}
+func sharedLab(t *testing.T) *lab.Lab { return shared.Get(t) }
 
 // TestDemo runs `make demo`'s scenario and checks it reports success and
 // cleans up after itself.
 func TestDemo(t *testing.T) {
-	waitNoLab(t, 3*time.Minute)
+	labtest.WaitNoLab(t, 3*time.Minute)
 	dir := filepath.Join(t.TempDir(), "lab")
 	out := t.TempDir()
 	var log strings.Builder
-	before := mounts()
+	before := labtest.Mounts()
 	begin := time.Now()
 	// A relative binary directory, as `make demo` passes bin/.
 	wd, _ := os.Getwd()
@@ -206,7 +108,7 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	checkPcaps(t, out)
-	if left := leftOver(dir, before); len(left) > 0 {
+	if left := labtest.LeftOver(dir, before); len(left) > 0 {
 		t.Errorf("the demo left behind:\n  %s", strings.Join(left, "\n  "))
 	}
 }
@@ -260,13 +162,6 @@ func allocations(t *testing.T, l *lab.Lab) []string {
 		}
 	}
 	return out
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, fn func() (bool, string)) {

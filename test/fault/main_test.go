@@ -16,15 +16,10 @@ import (
 	"encoding/binary"
 	"flag"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -35,6 +30,7 @@ import (
 	"github.com/calyx-net/calyx/agent/desired"
 	"github.com/calyx-net/calyx/api/v1alpha1"
 	"github.com/calyx-net/calyx/lab"
+	"github.com/calyx-net/calyx/lab/labtest"
 )
 
 // The lab's workers and their underlay addresses.
@@ -43,13 +39,8 @@ const (
 	node3, node3IP = "learn-k8s-3", "10.10.100.209"
 )
 
-var (
-	binDir, labDir string
-
-	labOnce sync.Once
-	theLab  *lab.Lab
-	labErr  error
-)
+// shared is the package's lab, up on first use.
+var shared labtest.Shared
 
 func TestMain(m *testing.M) {
 	code := run(m)
@@ -58,78 +49,22 @@ func TestMain(m *testing.M) {
 
 func run(m *testing.M) int {
 	flag.Parse()
-	tmp, err := os.MkdirTemp("", "calyx-fault-")
+	dir, err := labtest.Binaries("calyx-fault-bin-", os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(tmp)
-	binDir, labDir = filepath.Join(tmp, "bin"), filepath.Join(tmp, "lab")
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
-	if err := lab.BuildBinaries(context.Background(), root, binDir, progress()); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
+	defer os.RemoveAll(dir)
+	shared.Options.BinDir = dir
 	code := m.Run()
-	if theLab != nil {
-		if err := theLab.Down(); err != nil {
-			fmt.Fprintf(os.Stderr, "taking the lab down: %v\n", err)
-			code = 1
-		}
-		if left := labNamespaces(); len(left) > 0 {
-			fmt.Fprintf(os.Stderr, "network namespaces left behind: %v\n", left)
-			code = 1
-		}
+	if err := shared.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
 	}
 	return code
 }
 
-// progress shows the lab's start-up steps with -v only.
-func progress() io.Writer {
-	if testing.Verbose() {
-		return os.Stderr
-	}
-	return io.Discard
-}
-
-// sharedLab brings the package's lab up on first use. Another lab on the
-// machine (another package's test run) is waited for, then fails the test.
-func sharedLab(t *testing.T) *lab.Lab {
-	t.Helper()
-	labOnce.Do(func() {
-		deadline := time.Now().Add(3 * time.Minute)
-		for len(labNamespaces()) > 0 && time.Now().Before(deadline) {
-			time.Sleep(3 * time.Second)
-		}
-		if ns := labNamespaces(); len(ns) > 0 {
-			labErr = fmt.Errorf("another lab is up (%v): run `calyx-lab down`, or run this package under `flock /tmp/calyx-lab.lock`", ns)
-			return
-		}
-		begin := time.Now()
-		theLab, labErr = lab.Up(context.Background(), lab.Options{Dir: labDir, BinDir: binDir, Progress: progress()})
-		if labErr == nil {
-			fmt.Fprintf(progress(), "lab up in %s\n", time.Since(begin).Round(time.Millisecond))
-		}
-	})
-	if labErr != nil {
-		t.Fatalf("bringing the lab up: %v", labErr)
-	}
-	return theLab
-}
-
-// labNamespaces lists the network namespaces of a lab that exist.
-func labNamespaces() []string {
-	out, _ := exec.Command("ip", "netns", "list").CombinedOutput()
-	var found []string
-	for _, l := range strings.Split(string(out), "\n") {
-		name, _, _ := strings.Cut(l, " ")
-		if strings.HasPrefix(name, "learn-k8s-") || strings.HasPrefix(name, "calyx-lab-") {
-			found = append(found, name)
-		}
-	}
-	return found
-}
+func sharedLab(t *testing.T) *lab.Lab { return shared.Get(t) }
 
 // addPod adds a pod (network namespace, CNI ADD, Pod object) deleted when
 // t ends.

@@ -3,7 +3,7 @@ package scenario
 import (
 	"context"
 	"net/netip"
-	"os/exec"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/calyx-net/calyx/lab"
+	"github.com/calyx-net/calyx/lab/labtest"
 )
 
 // labCluster is Cluster on the lab: real kubelets and containerd in
@@ -44,18 +45,17 @@ func (c *labCluster) Routes(ctx context.Context, node string) (string, error) {
 
 func TestOnLab(t *testing.T) {
 	ctx := context.Background()
-	bin := t.TempDir()
-	root, _ := filepath.Abs(filepath.Join("..", ".."))
-	if err := lab.BuildBinaries(ctx, root, bin, testWriter{t}); err != nil {
+	bin, err := labtest.Binaries("calyx-scenario-bin-", labtest.Log(t))
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer os.RemoveAll(bin)
 	// Other test packages bring labs up too: wait for theirs to go, and
 	// again if one came up in between.
 	var l *lab.Lab
-	var err error
 	for deadline := time.Now().Add(5 * time.Minute); ; {
-		waitNoLab(t, time.Until(deadline))
-		l, err = lab.Up(ctx, lab.Options{Dir: filepath.Join(t.TempDir(), "lab"), BinDir: bin, Progress: testWriter{t}})
+		labtest.WaitNoLab(t, time.Until(deadline))
+		l, err = lab.Up(ctx, lab.Options{Dir: filepath.Join(t.TempDir(), "lab"), BinDir: bin, Progress: labtest.Log(t)})
 		if err == nil {
 			break
 		}
@@ -73,40 +73,6 @@ func TestOnLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	Run(t, &labCluster{l: l, cfg: cfg})
-}
-
-// waitNoLab waits while another lab (another test's) is up: the lab's
-// namespace names are fixed, one lab per machine.
-func waitNoLab(t *testing.T, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		out, err := exec.Command("ip", "netns", "list").CombinedOutput()
-		if err != nil {
-			t.Fatalf("ip netns list: %v\n%s", err, out)
-		}
-		var found []string
-		for _, l := range strings.Split(string(out), "\n") {
-			name, _, _ := strings.Cut(l, " ")
-			if strings.HasPrefix(name, "learn-k8s-") || strings.HasPrefix(name, "calyx-lab-") {
-				found = append(found, name)
-			}
-		}
-		if len(found) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a lab is up (%v) and did not go within %s: run `calyx-lab down`", found, timeout)
-		}
-		time.Sleep(3 * time.Second)
-	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 func (c *labCluster) Capture(ctx context.Context, node, filter string, count int, during func()) (string, error) {

@@ -1,0 +1,176 @@
+// Package labtest is what the lab's test packages share: the machine has
+// one lab slot (the namespace names are fixed), so each package waits for
+// it, brings its lab up once for all its tests, and checks at the end that
+// `Down` left nothing a user would find.
+package labtest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/calyx-net/calyx/lab"
+)
+
+// Namespaces lists the network namespaces of a lab that exist.
+func Namespaces() ([]string, error) {
+	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("ip netns list: %w\n%s", err, out)
+	}
+	var found []string
+	for _, l := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(l, " ")
+		if strings.HasPrefix(name, "learn-k8s-") || strings.HasPrefix(name, "calyx-lab-") {
+			found = append(found, name)
+		}
+	}
+	return found, nil
+}
+
+// WaitNoLab waits while another lab (another package's, or `calyx-lab
+// up`'s) is up, and fails t if it does not go within timeout.
+func WaitNoLab(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ns, err := Namespaces()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ns) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a lab is up (%v) and did not go within %s: run `calyx-lab down`", ns, timeout)
+		}
+		time.Sleep(3 * time.Second)
+	}
+}
+
+// Log is a writer into t's log, a line a write: the lab's progress.
+func Log(t testing.TB) io.Writer { return logWriter{t} }
+
+type logWriter struct{ t testing.TB }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// Binaries builds the lab's binaries from this repository into a new
+// temporary directory, which the caller removes.
+func Binaries(prefix string, progress io.Writer) (string, error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", err
+	}
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	if err := lab.BuildBinaries(context.Background(), root, dir, progress); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
+}
+
+// Mounts is the host's mount table, as a user would compare it.
+func Mounts() string {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	return string(b)
+}
+
+// LeftOver is what a user would find after `calyx-lab down` and should
+// not: namespaces, the lab's directory, its processes (every node's init
+// and the kernel node's qemu name the directory), cgroups, and mounts that
+// were not there before.
+func LeftOver(dir, mountsBefore string) []string {
+	var left []string
+	if ns, err := Namespaces(); err != nil || len(ns) > 0 {
+		left = append(left, fmt.Sprintf("network namespaces %v %v", ns, err))
+	}
+	if _, err := os.Stat(dir); err == nil {
+		left = append(left, dir)
+	}
+	if out, _ := exec.Command("pgrep", "-a", "-f", dir).CombinedOutput(); len(strings.TrimSpace(string(out))) > 0 {
+		left = append(left, "processes: "+strings.TrimSpace(string(out)))
+	}
+	filepath.WalkDir("/sys/fs/cgroup", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && d.Name() == "calyx-lab" {
+			left = append(left, "cgroup "+p)
+			return filepath.SkipDir
+		}
+		return nil
+	})
+	if now := Mounts(); now != mountsBefore {
+		left = append(left, fmt.Sprintf("the host's mount table changed:\nbefore:\n%s\nafter:\n%s", mountsBefore, now))
+	}
+	return left
+}
+
+// Shared is a test package's lab: up with the first test that asks for
+// it, down in Close, after the last.
+type Shared struct {
+	// Options are the lab's; Get sets Dir and, when nil, Progress.
+	Options lab.Options
+
+	once         sync.Once
+	l            *lab.Lab
+	dir          string
+	mountsBefore string
+	err          error
+}
+
+// Get brings the lab up on its first call, after any other lab has gone,
+// and fails t if it could not.
+func (s *Shared) Get(t *testing.T) *lab.Lab {
+	t.Helper()
+	s.once.Do(func() {
+		WaitNoLab(t, 5*time.Minute)
+		tmp, err := os.MkdirTemp("", "calyx-test-lab-")
+		if err != nil {
+			s.err = err
+			return
+		}
+		s.dir, s.mountsBefore = filepath.Join(tmp, "lab"), Mounts()
+		opts := s.Options
+		opts.Dir = s.dir
+		if opts.Progress == nil {
+			opts.Progress = Log(t)
+		}
+		begin := time.Now()
+		s.l, s.err = lab.Up(context.Background(), opts)
+		t.Logf("the lab came up in %s", time.Since(begin).Round(time.Millisecond))
+	})
+	if s.err != nil {
+		t.Fatalf("bringing the lab up: %v", s.err)
+	}
+	return s.l
+}
+
+// Close takes the lab down, if it came up, and says what it left behind.
+func (s *Shared) Close() error {
+	if s.dir == "" {
+		return nil
+	}
+	defer os.RemoveAll(filepath.Dir(s.dir))
+	if s.l == nil {
+		return nil // a failed Up took itself down
+	}
+	if err := s.l.Down(); err != nil {
+		return fmt.Errorf("taking the lab down: %w", err)
+	}
+	if left := LeftOver(s.dir, s.mountsBefore); len(left) > 0 {
+		return fmt.Errorf("the lab left behind:\n  %s", strings.Join(left, "\n  "))
+	}
+	return nil
+}
