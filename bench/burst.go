@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/calyx-net/calyx/agent/nsexec"
 )
 
 const (
@@ -67,7 +69,7 @@ func burst(ctx context.Context, e *Env, s *cniSetup, prefix string, others []str
 				go func() {
 					defer wg.Done()
 					s.del(context.WithoutCancel(ctx), p)
-					delNetNS(p.netns)
+					nsexec.DeleteNamed(p.netns)
 				}()
 			}
 		}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/calyx-net/calyx/agent/nsexec"
 )
 
 // pods for the cni part; the issue asks for at least 200.
@@ -111,12 +113,12 @@ type benchPod struct {
 
 func newBenchPod(name string) (*benchPod, error) {
 	p := &benchPod{namespace: "bench", name: name, netns: "cxb-" + name, id: randSuffix() + randSuffix() + name}
-	return p, addNetNS(p.netns)
+	return p, nsexec.CreateNamed(p.netns)
 }
 
 func (p *benchPod) rt() *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{
-		ContainerID: p.id, NetNS: netnsPath(p.netns), IfName: "eth0",
+		ContainerID: p.id, NetNS: nsexec.NamedPath(p.netns), IfName: "eth0",
 		Args: [][2]string{
 			{"IgnoreUnknown", "1"},
 			{"K8S_POD_NAMESPACE", p.namespace},
@@ -198,7 +200,7 @@ func runCNI(ctx context.Context, e *Env) ([]Row, error) {
 		cleanup := func() {
 			for _, ps := range pods {
 				for _, p := range ps {
-					delNetNS(p.netns)
+					nsexec.DeleteNamed(p.netns)
 				}
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/calyx-net/calyx/agent/nsexec"
 	"github.com/calyx-net/calyx/lab"
 	"github.com/calyx-net/calyx/lab/spawn"
 )
@@ -265,7 +266,7 @@ func iperf(podNS, srvNS, server, test string) (iperfResult, error) {
 	// A fresh one-off server per test: a server that has just swallowed
 	// a UDP flood may turn the next client away.
 	srvCmd := exec.Command("iperf3", "--server", "--one-off", "--port", "5201")
-	exited, err := spawn.Start(srvCmd, netnsPath(srvNS))
+	exited, err := spawn.Start(srvCmd, nsexec.NamedPath(srvNS))
 	if err != nil {
 		return iperfResult{}, fmt.Errorf("starting the iperf3 server: %w", err)
 	}

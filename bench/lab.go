@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/calyx-net/calyx/agent/nsexec"
 	"github.com/calyx-net/calyx/lab"
 )
 
@@ -42,7 +43,7 @@ func (l *Lab) Others(name string) []string {
 func upLab(ctx context.Context, e *Env) (*Lab, error) {
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
-		if _, err := os.Stat(netnsPath(lab.ControlPlaneNode)); err != nil {
+		if _, err := os.Stat(nsexec.NamedPath(lab.ControlPlaneNode)); err != nil {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -5,10 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -16,17 +13,6 @@ import (
 
 	"github.com/calyx-net/calyx/agent/nsexec"
 )
-
-const netnsDir = "/var/run/netns"
-
-// netnsPath is the named namespace's path; an absolute path (a lab pod's
-// namespace on its node) is taken as is.
-func netnsPath(name string) string {
-	if filepath.IsAbs(name) {
-		return name
-	}
-	return filepath.Join(netnsDir, name)
-}
 
 // randSuffix makes the names of this run's namespaces unique.
 func randSuffix() string {
@@ -54,43 +40,13 @@ func ipIn(netnsName string, args ...string) (string, error) {
 // inNetNSCmd runs argv in the namespace, named or by path, and returns its
 // output.
 func inNetNSCmd(netnsName string, argv ...string) (string, error) {
-	return sh("nsenter", append([]string{"--net=" + netnsPath(netnsName), "--"}, argv...)...)
-}
-
-// addNetNS creates a named namespace with lo up, in-process: a pod's
-// namespace costs a millisecond instead of two `ip` runs.
-func addNetNS(name string) error {
-	errc := make(chan error, 1)
-	go func() {
-		// NewNamed moves the thread into the new namespace: lock it, and
-		// let it end with the goroutine rather than go back to the pool.
-		runtime.LockOSThread()
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			errc <- fmt.Errorf("creating network namespace %s (root needed): %w", name, err)
-			return
-		}
-		defer h.Close()
-		lo, err := netlink.LinkByName("lo")
-		if err == nil {
-			err = netlink.LinkSetUp(lo)
-		}
-		errc <- err
-	}()
-	return <-errc
-}
-
-// delNetNS removes a named namespace; a missing one is fine.
-func delNetNS(name string) {
-	if _, err := os.Stat(netnsPath(name)); err == nil {
-		netns.DeleteNamed(name)
-	}
+	return sh("nsenter", append([]string{"--net=" + nsexec.NamedPath(netnsName), "--"}, argv...)...)
 }
 
 // inNetNS runs fn on a thread switched into the named namespace; children
 // forked there (CNI plugins) start in it.
 func inNetNS(name string, fn func() error) error {
-	return nsexec.RunAt(netnsPath(name), fn)
+	return nsexec.RunAt(nsexec.NamedPath(name), fn)
 }
 
 // netlinkIn is a netlink handle on the named namespace.

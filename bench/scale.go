@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/agent/nsexec"
 	"github.com/calyx-net/calyx/api/client/clientset/versioned"
 	"github.com/calyx-net/calyx/api/v1alpha1"
 	"github.com/calyx-net/calyx/ipam"
@@ -65,9 +66,9 @@ func runScale(ctx context.Context, e *Env) ([]Row, error) {
 	s := &scaleEnv{e: e, pool: netip.MustParsePrefix(scalePoolCIDR)}
 	sfx := randSuffix()
 	s.cpNS, s.agentNS = "cxb-cp-"+sfx, "cxb-agent-"+sfx
-	defer delNetNS(s.cpNS)
-	defer delNetNS(s.agentNS)
-	if err := addNetNS(s.cpNS); err != nil {
+	defer nsexec.DeleteNamed(s.cpNS)
+	defer nsexec.DeleteNamed(s.agentNS)
+	if err := nsexec.CreateNamed(s.cpNS); err != nil {
 		return nil, err
 	}
 	e.Logf("scale: starting a control plane in namespace %s", s.cpNS)
@@ -75,7 +76,7 @@ func runScale(ctx context.Context, e *Env) ([]Row, error) {
 		return nil, err
 	}
 	var err error
-	s.cp, err = controlplane.Start(ctx, controlplane.Options{NetNS: netnsPath(s.cpNS), BindAddress: scaleCPAddr,
+	s.cp, err = controlplane.Start(ctx, controlplane.Options{NetNS: nsexec.NamedPath(s.cpNS), BindAddress: scaleCPAddr,
 		AdvertiseAddress: scaleCPAddr, Progress: prefixWriter{e, "scale: "}})
 	if err != nil {
 		return nil, err
@@ -137,8 +138,8 @@ func runScale(ctx context.Context, e *Env) ([]Row, error) {
 }
 
 func (s *scaleEnv) wireAgentNS() error {
-	delNetNS(s.agentNS)
-	if err := addNetNS(s.agentNS); err != nil {
+	nsexec.DeleteNamed(s.agentNS)
+	if err := nsexec.CreateNamed(s.agentNS); err != nil {
 		return err
 	}
 	ipIn(s.cpNS, "link", "del", "eth0")
@@ -273,7 +274,7 @@ func (s *scaleEnv) measure(ctx context.Context, size int, profile bool) (scaleRe
 	defer h.Close()
 	s.e.Logf("scale: starting calyx-agent with %d remote blocks", size)
 	begin := time.Now()
-	exited, err := spawn.Start(cmd, netnsPath(s.agentNS))
+	exited, err := spawn.Start(cmd, nsexec.NamedPath(s.agentNS))
 	if err != nil {
 		return r, fmt.Errorf("starting calyx-agent: %w", err)
 	}
@@ -418,10 +419,10 @@ func procMem(pid int) (rss, hwm float64) {
 // device in a fresh namespace: what the kernel and iproute2 alone take.
 func ipBatch(n int) (float64, error) {
 	name := "cxb-ref-" + randSuffix()
-	if err := addNetNS(name); err != nil {
+	if err := nsexec.CreateNamed(name); err != nil {
 		return 0, err
 	}
-	defer delNetNS(name)
+	defer nsexec.DeleteNamed(name)
 	for _, c := range [][]string{{"link", "add", "ref0", "type", "ifb"}, {"link", "set", "ref0", "up"}} {
 		if _, err := ipIn(name, c...); err != nil {
 			return 0, err

@@ -21,6 +21,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/calyx-net/calyx/agent/nsexec"
 	"github.com/calyx-net/calyx/lab/node"
 )
 
@@ -281,7 +282,7 @@ func AttachStranger(name string, addr netip.Addr) (_ *Stranger, err error) {
 func (s *Stranger) Detach() error {
 	var errs []error
 	// Deleting the namespace deletes its veth end, and with it the pair.
-	if err := deleteNetNS(s.NetNS); err != nil {
+	if err := nsexec.DeleteNamed(s.NetNS); err != nil {
 		errs = append(errs, err)
 	}
 	err := inNetNS(UnderlayNS, func() error {

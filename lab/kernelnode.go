@@ -17,6 +17,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/calyx-net/calyx/agent/nsexec"
 	cniplugin "github.com/calyx-net/calyx/cni-plugin"
 	"github.com/calyx-net/calyx/deploy"
 	"github.com/calyx-net/calyx/lab/debpkg"
@@ -73,7 +74,7 @@ func (l *Lab) startKernelNode(ctx context.Context) error {
 	}
 	vm, err := vmnode.Start(ctx, vmnode.Config{
 		Name: KernelNodeName, IP: ip, Gateway: RouterIP,
-		UnderlayNS: netnsPath(UnderlayNS), Bridge: bridgeName, Dir: l.nodeDir(KernelNodeName),
+		UnderlayNS: nsexec.NamedPath(UnderlayNS), Bridge: bridgeName, Dir: l.nodeDir(KernelNodeName),
 		Kernel: l.kit.kernel, Modules: l.kit.modules, Busybox: l.kit.busybox,
 		Files: files, Init: strings.ReplaceAll(kernelNodeInit, "{{NAME}}", KernelNodeName),
 	})

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/calyx-net/calyx/agent/nsexec"
 	"github.com/calyx-net/calyx/api/client/clientset/versioned"
 	"github.com/calyx-net/calyx/lab/cgroups"
 	"github.com/calyx-net/calyx/lab/controlplane"
@@ -215,7 +216,7 @@ func preflight(opts Options) error {
 	}
 	// The namespaces have fixed names: a second lab, from another
 	// directory, would take over the first one's nodes.
-	if _, err := os.Stat(netnsPath(ControlPlaneNode)); err == nil {
+	if _, err := os.Stat(nsexec.NamedPath(ControlPlaneNode)); err == nil {
 		return fmt.Errorf("network namespace %s exists: another lab is up on this machine; run `calyx-lab down --dir <its dir>` (or `ip netns del` its namespaces) first", ControlPlaneNode)
 	}
 	return nil
@@ -242,7 +243,7 @@ func (l *Lab) setupNetwork() error {
 func (l *Lab) startControlPlane(ctx context.Context) error {
 	var err error
 	l.cp, err = controlplane.Start(ctx, controlplane.Options{
-		Dir: filepath.Join(l.opts.Dir, "controlplane"), NetNS: netnsPath(ControlPlaneNode),
+		Dir: filepath.Join(l.opts.Dir, "controlplane"), NetNS: nsexec.NamedPath(ControlPlaneNode),
 		BindAddress: "0.0.0.0", AdvertiseAddress: firstNodeIP, Port: apiServerPort,
 		Progress: l.opts.Progress, Logger: l.opts.Logger,
 	})
@@ -340,7 +341,7 @@ func deleteNamespaces(s *State) []error {
 	}
 	var errs []error
 	for n := range names {
-		if err := deleteNetNS(n); err != nil {
+		if err := nsexec.DeleteNamed(n); err != nil {
 			errs = append(errs, err)
 		}
 	}

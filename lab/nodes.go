@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/calyx-net/calyx/agent/nsexec"
 	"github.com/calyx-net/calyx/lab/cgroups"
 	"github.com/calyx-net/calyx/lab/node"
 )
@@ -86,7 +87,7 @@ func (l *Lab) nodeConfig(i int, name string, hs []string, cgroup string) (node.C
 	}
 	r := l.opts.runtime(i)
 	cfg := node.Config{
-		Name: name, IP: nodeIP(i), NetNS: netnsPath(name), Dir: l.nodeDir(name),
+		Name: name, IP: nodeIP(i), NetNS: nsexec.NamedPath(name), Dir: l.nodeDir(name),
 		Runtime: r, RuntimeDir: l.kit.runtimes[r], Runc: l.kit.runc, Kubelet: l.kit.kubelet,
 		Init:      []string{filepath.Join(l.opts.BinDir, "calyx-lab"), "node-init"},
 		APIServer: fmt.Sprintf("https://%s:%d", firstNodeIP, apiServerPort),

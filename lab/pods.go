@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/calyx-net/calyx/agent/nsexec"
 	cniplugin "github.com/calyx-net/calyx/cni-plugin"
 	"github.com/calyx-net/calyx/lab/images"
 	"github.com/calyx-net/calyx/lab/node"
@@ -191,7 +192,7 @@ func (c *Client) Node(name string) (*node.Node, error) {
 	if !ok || ns.InitPID == 0 {
 		return nil, fmt.Errorf("no running node %q in the lab: `calyx-lab status` lists them", name)
 	}
-	cfg := node.Config{Name: ns.Name, NetNS: netnsPath(ns.NetNS), Dir: ns.Dir, Runtime: node.Runtime(ns.Runtime),
+	cfg := node.Config{Name: ns.Name, NetNS: nsexec.NamedPath(ns.NetNS), Dir: ns.Dir, Runtime: node.Runtime(ns.Runtime),
 		RuntimeDir: ns.RuntimeDir, Hierarchies: s.Hierarchies, CgroupRoot: filepath.Join(s.Cgroup, ns.Name)}
 	return node.Attach(cfg, ns.InitPID), nil
 }

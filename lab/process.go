@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/calyx-net/calyx/agent/nsexec"
 	"github.com/calyx-net/calyx/lab/spawn"
 )
 
@@ -31,7 +32,7 @@ func startIn(netnsName string, argv []string, env []string, logPath string, deta
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: detach}
-	waited, err := spawn.Start(cmd, netnsPath(netnsName))
+	waited, err := spawn.Start(cmd, nsexec.NamedPath(netnsName))
 	if err != nil {
 		log.Close()
 		return nil, fmt.Errorf("starting %s in %s: %w", argv[0], netnsName, err)

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/calyx-net/calyx/agent/nsexec"
 )
 
 // The lab's network, as in the article: nodes on 10.10.100.0/24 behind a
@@ -29,7 +31,7 @@ const (
 // on, and the internet namespace behind it.
 func setupUnderlay() error {
 	for _, n := range []string{UnderlayNS, InternetNS} {
-		if err := ensureNetNS(n); err != nil {
+		if err := nsexec.CreateNamed(n); err != nil {
 			return err
 		}
 	}
@@ -115,7 +117,7 @@ func setupNode(name string, ip netip.Addr) error {
 // to the underlay bridge: its NIC with address ip/24, the bridge's port
 // named peer.
 func attachToUnderlay(name, peer string, ip netip.Addr) error {
-	if err := ensureNetNS(name); err != nil {
+	if err := nsexec.CreateNamed(name); err != nil {
 		return err
 	}
 	err := inNetNS(UnderlayNS, func() error {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
@@ -25,34 +24,68 @@ func namespaceID() (string, error) {
 	return h.UniqueId(), nil
 }
 
-// newNamed creates a named namespace with lo up, removed when the test
-// ends, through OnThread as the lab does.
+// newNamed creates a named namespace with CreateNamed, removed when the
+// test ends.
 func newNamed(t *testing.T) (name string, h netns.NsHandle) {
 	t.Helper()
 	b := make([]byte, 3)
 	rand.Read(b)
 	name = "cx-nsexec-" + hex.EncodeToString(b)
-	err := OnThread(func() (err error) {
-		h, err = netns.NewNamed(name)
-		return err
-	})
+	if err := CreateNamed(name); err != nil {
+		t.Fatalf("%v (the tests run as root)", err)
+	}
+	h, err := netns.GetFromPath(NamedPath(name))
 	if err != nil {
-		t.Fatalf("creating namespace %s (the tests run as root): %v", name, err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		h.Close()
-		netns.DeleteNamed(name)
+		DeleteNamed(name)
 	})
+	return name, h
+}
+
+// CreateNamed: the namespace iproute2 lists, lo up in it, the caller's
+// thread still in its own; again is a no-op; DeleteNamed removes it, and
+// a second DeleteNamed is fine.
+func TestNamed(t *testing.T) {
+	host, err := namespaceID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	name, h := newNamed(t)
+	if err := CreateNamed(name); err != nil {
+		t.Fatalf("CreateNamed of an existing namespace: %v", err)
+	}
+	if now, _ := namespaceID(); now != host {
+		t.Fatal("CreateNamed left the calling thread in the new namespace")
+	}
+	var flags net.Flags
 	if err := Run(h, func() error {
-		lo, err := netlink.LinkByName("lo")
+		lo, err := net.InterfaceByName("lo")
 		if err != nil {
 			return err
 		}
-		return netlink.LinkSetUp(lo)
+		flags = lo.Flags
+		return nil
 	}); err != nil {
-		t.Fatalf("bringing lo up in %s: %v", name, err)
+		t.Fatal(err)
 	}
-	return name, h
+	if flags&net.FlagUp == 0 {
+		t.Errorf("lo in %s: flags %v, want up", name, flags)
+	}
+	if err := DeleteNamed(name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netns.GetFromPath(NamedPath(name)); err == nil {
+		t.Errorf("%s still exists after DeleteNamed", NamedPath(name))
+	}
+	if err := DeleteNamed(name); err != nil {
+		t.Errorf("DeleteNamed of a missing namespace: %v", err)
+	}
+	if got, want := NamedPath("/proc/1/ns/net"), "/proc/1/ns/net"; got != want {
+		t.Errorf("NamedPath of an absolute path = %q, want %q", got, want)
+	}
 }
 
 func TestSwitchAndBack(t *testing.T) {
