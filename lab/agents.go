@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -163,19 +162,6 @@ func httpGetIn(ctx context.Context, netnsName, url string) (string, int, error) 
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), resp.StatusCode, err
-}
-
-// tail is the end of a log file, for errors that must say why.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "last lines of " + path + ":\n" + strings.Join(lines, "\n")
 }
 
 // KillAgent kills calyx-agent on node with SIGKILL, as a crash or the OOM

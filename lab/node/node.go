@@ -15,7 +15,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -25,8 +24,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/calyx-net/calyx/agent/nsexec"
 	"github.com/calyx-net/calyx/lab/images"
@@ -243,9 +240,7 @@ func (n *Node) kubeletHealthy(ctx context.Context) error {
 	}
 	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return dialIn(ctx, n.NetNS, network, addr)
-		},
+		DialContext:       nsexec.Dialer(n.NetNS),
 	}}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:10248/healthz", nil)
 	resp, err := c.Do(req)
@@ -365,20 +360,4 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return "last lines of " + path + ":\n" + strings.Join(lines, "\n")
-}
-
-// dialIn opens a connection from inside the network namespace at path.
-func dialIn(ctx context.Context, path, network, addr string) (net.Conn, error) {
-	h, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("opening network namespace %s: %w", path, err)
-	}
-	defer h.Close()
-	var c net.Conn
-	err = nsexec.Run(h, func() error {
-		var err error
-		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
 }

@@ -11,7 +11,6 @@ import (
 	"compress/gzip"
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -75,7 +74,7 @@ func Start(ctx context.Context, cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	v := &VM{Config: cfg, exited: make(chan struct{})}
-	v.client = guest.NewClient(cfg.IP.String(), v.dialUnderlay)
+	v.client = guest.NewClient(cfg.IP.String(), nsexec.Dialer(cfg.UnderlayNS))
 	if err := v.boot(initrd); err != nil {
 		return nil, err
 	}
@@ -208,23 +207,6 @@ func (v *VM) Stop() {
 	}
 	v.cmd.Process.Kill()
 	<-v.exited
-}
-
-// dialUnderlay opens connections from the underlay's namespace, which
-// reaches the guest.
-func (v *VM) dialUnderlay(ctx context.Context, network, addr string) (net.Conn, error) {
-	h, err := netns.GetFromPath(v.UnderlayNS)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	var c net.Conn
-	err = nsexec.Run(h, func() error {
-		var err error
-		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
 }
 
 // buildInitramfs writes the gzip'd initramfs.
