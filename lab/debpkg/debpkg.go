@@ -36,26 +36,22 @@ func Ensure(ctx context.Context, pkg string, progress io.Writer) (string, error)
 		return "", err
 	}
 	dir := filepath.Join(cache, "debian", pkg+"_"+strings.ReplaceAll(version, ":", "%3a"))
-	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
-		return dir, nil
+	complete := func() bool {
+		_, err := os.Stat(filepath.Join(dir, ".complete"))
+		return err == nil
 	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return "", err
-	}
-	unlock, err := kubebin.LockFile(filepath.Join(filepath.Dir(dir), ".lock"))
+	err = kubebin.FillOnce(filepath.Join(filepath.Dir(dir), ".lock"), complete, func() error {
+		begin := time.Now()
+		fmt.Fprintf(progress, "fetching Debian's %s %s (apt-get download; unpacked into %s, nothing installed)\n", pkg, version, dir)
+		if err := fetch(ctx, pkg, version, dir); err != nil {
+			return err
+		}
+		fmt.Fprintf(progress, "  %s %s ready in %s\n", pkg, version, time.Since(begin).Round(time.Millisecond))
+		return nil
+	})
 	if err != nil {
 		return "", err
 	}
-	defer unlock()
-	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
-		return dir, nil
-	}
-	begin := time.Now()
-	fmt.Fprintf(progress, "fetching Debian's %s %s (apt-get download; unpacked into %s, nothing installed)\n", pkg, version, dir)
-	if err := fetch(ctx, pkg, version, dir); err != nil {
-		return "", err
-	}
-	fmt.Fprintf(progress, "  %s %s ready in %s\n", pkg, version, time.Since(begin).Round(time.Millisecond))
 	return dir, nil
 }
 

@@ -133,31 +133,35 @@ func Ensure(ctx context.Context, name string, progress io.Writer) (string, error
 		}
 		bin = filepath.Join(cache, name+"-"+v)
 	}
-	if isExecutable(bin) {
-		return bin, nil
-	}
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		return "", fmt.Errorf("creating the cache dir: %w", err)
-	}
-	unlock, err := lockBuild(cache)
+	err = FillOnce(filepath.Join(cache, ".build.lock"), func() bool { return isExecutable(bin) }, func() error {
+		return build(ctx, tools, name, version, bin, progress)
+	})
 	if err != nil {
-		return "", err
-	}
-	defer unlock()
-	if isExecutable(bin) {
-		return bin, nil
-	}
-	if err := build(ctx, tools, name, version, bin, progress); err != nil {
 		return "", err
 	}
 	return bin, nil
 }
 
-// lockBuild takes the cache's build lock: a second test package waits for
-// the first build instead of starting another one that would need as much
-// memory again.
-func lockBuild(cache string) (func(), error) {
-	return LockFile(filepath.Join(cache, ".build.lock"))
+// FillOnce runs fill unless done reports it has run, holding the lock
+// file (created with its directory) meanwhile: processes side by side fill
+// the cache once, and a second test package waits for the first build
+// instead of starting another that needs as much memory again.
+func FillOnce(lock string, done func() bool, fill func() error) error {
+	if done() {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(lock), 0o755); err != nil {
+		return fmt.Errorf("creating the cache dir: %w", err)
+	}
+	unlock, err := LockFile(lock)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if done() {
+		return nil
+	}
+	return fill()
 }
 
 // LockFile takes an exclusive lock on path, creating it, and returns the

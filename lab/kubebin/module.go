@@ -58,25 +58,20 @@ func EnsureModule(ctx context.Context, m Module, progress io.Writer) (string, er
 		}
 		return true
 	}
-	if complete() {
-		return dir, nil
-	}
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		return "", fmt.Errorf("creating the cache dir: %w", err)
-	}
-	unlock, err := lockBuild(cache)
+	err = FillOnce(filepath.Join(cache, ".build.lock"), complete, func() error { return installModule(ctx, m, cache, dir, progress) })
 	if err != nil {
 		return "", err
 	}
-	defer unlock()
-	if complete() {
-		return dir, nil
-	}
+	return dir, nil
+}
+
+// installModule builds m's programs with go install into dir.
+func installModule(ctx context.Context, m Module, cache, dir string, progress io.Writer) error {
 	start := time.Now()
 	fmt.Fprintf(progress, "building %s %s with go install (first run only, about a minute); cached in %s\n", m.Name, m.Version, dir)
 	tmp, err := os.MkdirTemp(cache, "."+m.Name+"-")
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer os.RemoveAll(tmp)
 	args := []string{"install", "-v", "-trimpath", "-ldflags=-s -w " + m.Ldflags}
@@ -87,12 +82,12 @@ func EnsureModule(ctx context.Context, m Module, progress io.Writer) (string, er
 	cmd.Dir = tmp // outside any module: each package@version brings its own go.mod
 	cmd.Env = append(os.Environ(), "GOBIN="+tmp, "CGO_ENABLED=0", "GOFLAGS=")
 	if err := runCounting(ctx, cmd, m.Name, 0, start, progress); err != nil {
-		return "", fmt.Errorf("%w\n(is the Go module proxy reachable?)", err)
+		return fmt.Errorf("%w\n(is the Go module proxy reachable?)", err)
 	}
 	os.RemoveAll(dir)
 	if err := os.Rename(tmp, dir); err != nil {
-		return "", fmt.Errorf("caching %s: %w", m.Name, err)
+		return fmt.Errorf("caching %s: %w", m.Name, err)
 	}
 	fmt.Fprintf(progress, "built %s %s in %s\n", m.Name, m.Version, time.Since(start).Round(time.Second))
-	return dir, nil
+	return nil
 }
