@@ -35,7 +35,8 @@ func TestCRDsOnRealAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantPool := v1alpha1.IPPoolSpec{CIDR: "192.168.0.0/16", BlockSize: 26, IPIPMode: v1alpha1.IPIPModeAlways, NATOutgoing: true}
+	wantPool := v1alpha1.IPPoolSpec{CIDR: "192.168.0.0/16", BlockSize: 26, IPIPMode: v1alpha1.IPIPModeAlways, NATOutgoing: true,
+		AllowedUses: []v1alpha1.IPPoolUse{v1alpha1.IPPoolUseWorkload, v1alpha1.IPPoolUseTunnel}}
 	if diff := cmp.Diff(wantPool, got.Spec); diff != "" {
 		t.Errorf("IPPool read back with defaults (-want +got):\n%s", diff)
 	}
@@ -78,6 +79,8 @@ func TestCRDsOnRealAPIServer(t *testing.T) {
 		{"blockSize 8", &v1alpha1.IPPool{Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/8", BlockSize: 8}}, "should be greater than or equal to 20"},
 		{"block larger than pool", &v1alpha1.IPPool{Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/28", BlockSize: 24}}, "blockSize must not be shorter than the pool's prefix length"},
 		{"unknown ipipMode", &v1alpha1.IPPool{Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/8", IPIPMode: "Sometimes"}}, `Unsupported value: "Sometimes"`},
+		{"unknown use", &v1alpha1.IPPool{Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/8", AllowedUses: []v1alpha1.IPPoolUse{"Printer"}}}, `Unsupported value: "Printer"`},
+		{"use twice", &v1alpha1.IPPool{Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/8", AllowedUses: []v1alpha1.IPPoolUse{"Tunnel", "Tunnel"}}}, "Duplicate value"},
 	}
 	for _, tc := range invalid {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"slices"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -16,6 +18,18 @@ const (
 	IPIPModeCrossSubnet IPIPMode = "CrossSubnet"
 	// IPIPModeNever never encapsulates: the underlay must route pod addresses.
 	IPIPModeNever IPIPMode = "Never"
+)
+
+// IPPoolUse is what addresses of a pool may be used for, as Calico's
+// IPPool allowedUses names it.
+// +kubebuilder:validation:Enum=Workload;Tunnel
+type IPPoolUse string
+
+const (
+	// IPPoolUseWorkload: pods' addresses.
+	IPPoolUseWorkload IPPoolUse = "Workload"
+	// IPPoolUseTunnel: nodes' tunl0 addresses.
+	IPPoolUseTunnel IPPoolUse = "Tunnel"
 )
 
 // IPPoolSpec is a range of pod addresses and how traffic between them travels.
@@ -43,9 +57,32 @@ type IPPoolSpec struct {
 	// +optional
 	NATOutgoing bool `json:"natOutgoing,omitempty"`
 
-	// Disabled stops new allocations from the pool; existing ones stay.
+	// Disabled stops new allocations from the pool; existing ones stay, and
+	// the pool's blocks are deleted as they empty: how pods move to another
+	// pool without a restart of the cluster.
 	// +optional
 	Disabled bool `json:"disabled,omitempty"`
+
+	// NodeSelector selects the nodes that take blocks from the pool; empty
+	// or absent selects every node. A node keeps the blocks it has when its
+	// labels change, and takes new ones only from pools that select it.
+	// +optional
+	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
+
+	// AllowedUses says what the pool's addresses are for: Workload (pods),
+	// Tunnel (nodes' tunl0 addresses), or both (the default).
+	// +kubebuilder:default={Workload,Tunnel}
+	// +kubebuilder:validation:MinItems=1
+	// +listType=set
+	// +optional
+	AllowedUses []IPPoolUse `json:"allowedUses,omitempty"`
+}
+
+// Allows says whether the pool's addresses may be used for use; a pool
+// that names no uses (one read without the API server's defaults) allows
+// both.
+func (s *IPPoolSpec) Allows(use IPPoolUse) bool {
+	return len(s.AllowedUses) == 0 || slices.Contains(s.AllowedUses, use)
 }
 
 // IPPool is a cluster-wide range of pod addresses.
@@ -59,6 +96,7 @@ type IPPoolSpec struct {
 // +kubebuilder:printcolumn:name="IPIP",type=string,JSONPath=`.spec.ipipMode`
 // +kubebuilder:printcolumn:name="NAT",type=boolean,JSONPath=`.spec.natOutgoing`
 // +kubebuilder:printcolumn:name="DISABLED",type=boolean,JSONPath=`.spec.disabled`
+// +kubebuilder:printcolumn:name="USES",type=string,JSONPath=`.spec.allowedUses`
 // +kubebuilder:printcolumn:name="AGE",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="!isCIDR(self.spec.cidr) || !has(self.spec.blockSize) || self.spec.blockSize >= cidr(self.spec.cidr).prefixLength()",message="blockSize must not be shorter than the pool's prefix length"
 type IPPool struct {

@@ -21,6 +21,19 @@ const (
 // (tftp-hpa) never accepts unless the helper expects that reply.
 const AnnotationConntrackHelper = "calyx.dev/conntrack-helper"
 
+// Pod and Namespace annotations the IPAM reads on every ADD, as Calico's
+// cni.projectcalico.org/ipv4pools and cni.projectcalico.org/ipAddrs.
+const (
+	// AnnotationIPv4Pools on a Pod or its Namespace is a JSON list of
+	// IPPool names or CIDRs (["blue-pool"], ["10.50.0.0/16"]) the pod's
+	// address comes from, tried in order; the Pod's wins over its
+	// Namespace's, and both over the conflist's ipam.pools.
+	AnnotationIPv4Pools = "calyx.dev/ipv4pools"
+	// AnnotationIPAddrs on a Pod is a JSON list with the one IPv4 address
+	// the pod gets (["192.168.29.67"]): it wins over every pool choice.
+	AnnotationIPAddrs = "calyx.dev/ipAddrs"
+)
+
 // Labels on IPAMBlock, IPAMHandle and IPAMAffinity objects, so that a
 // node's blocks and handles can be listed without reading everyone else's.
 const (
