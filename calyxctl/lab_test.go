@@ -72,13 +72,15 @@ func golden(t *testing.T, name, got string) {
 func TestLab(t *testing.T) {
 	binDir := buildBinaries(t)
 	labtest.WaitNoLab(t, 5*time.Minute)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
 	dir := filepath.Join(t.TempDir(), "lab")
-	l, err := lab.Up(ctx, lab.Options{Dir: dir, BinDir: binDir, Progress: labtest.Log(t)})
+	// No deadline on Up: on a fresh machine it builds the Kubernetes
+	// binaries first (minutes), and each of its steps has its own timeout.
+	l, err := lab.Up(context.Background(), lab.Options{Dir: dir, BinDir: binDir, Progress: labtest.Log(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
 	t.Cleanup(func() {
 		if err := l.Down(); err != nil {
 			t.Errorf("lab down: %v", err)

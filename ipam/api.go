@@ -12,6 +12,17 @@ type Attrs struct {
 	ContainerID string
 }
 
+// Request is what one pod's allocation asks for beyond the allocator's
+// Options: the pools of its calyx.dev/ipv4pools annotation, or the address
+// of its calyx.dev/ipAddrs.
+type Request struct {
+	// Pools replace Options.Pools: IPPool names or CIDRs, tried in order.
+	Pools []string
+	// Addr, when valid, is the one address to allocate; Pools are then
+	// not consulted.
+	Addr netip.Addr
+}
+
 // Assignment is an allocated address and the block it came from.
 type Assignment struct {
 	Addr     netip.Addr

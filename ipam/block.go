@@ -56,13 +56,59 @@ func assignInBlock(b *v1alpha1.IPAMBlock, a v1alpha1.Allocation) (netip.Addr, bo
 			continue
 		}
 		a.Ordinal = o
-		b.Spec.Allocations = append(b.Spec.Allocations, a)
-		sort.Slice(b.Spec.Allocations, func(i, j int) bool { return b.Spec.Allocations[i].Ordinal < b.Spec.Allocations[j].Ordinal })
-		setCounts(b, cidr)
+		insert(b, cidr, a)
 		addr, _ := v1alpha1.AddrAt(cidr, o) // o < blockSize(cidr)
 		return addr, true, nil
 	}
 	return netip.Addr{}, false, nil
+}
+
+// assignAt records a at addr's ordinal in b. When another allocation is
+// there, b is left as it was and that allocation is returned.
+func assignAt(b *v1alpha1.IPAMBlock, addr netip.Addr, a v1alpha1.Allocation) (*v1alpha1.Allocation, error) {
+	cidr, err := parseBlock(b)
+	if err != nil {
+		return nil, err
+	}
+	o := ordinalOf(cidr, addr)
+	if o < 0 {
+		return nil, fmt.Errorf("%s is not in block %s", addr, cidr)
+	}
+	for i := range b.Spec.Allocations {
+		if b.Spec.Allocations[i].Ordinal == o {
+			return &b.Spec.Allocations[i], nil
+		}
+	}
+	a.Ordinal = o
+	insert(b, cidr, a)
+	return nil, nil
+}
+
+// insert adds a to b's allocations, kept in ordinal order, and counts.
+func insert(b *v1alpha1.IPAMBlock, cidr netip.Prefix, a v1alpha1.Allocation) {
+	b.Spec.Allocations = append(b.Spec.Allocations, a)
+	sort.Slice(b.Spec.Allocations, func(i, j int) bool { return b.Spec.Allocations[i].Ordinal < b.Spec.Allocations[j].Ordinal })
+	setCounts(b, cidr)
+}
+
+// releaseAt removes the allocation at addr's ordinal from b when handle
+// holds it ("" for any handle), and returns it; nil when there was none
+// to remove.
+func releaseAt(b *v1alpha1.IPAMBlock, addr netip.Addr, handle string) *v1alpha1.Allocation {
+	cidr, err := parseBlock(b)
+	if err != nil {
+		return nil
+	}
+	o := ordinalOf(cidr, addr)
+	for i, x := range b.Spec.Allocations {
+		if x.Ordinal != o || handle != "" && x.Handle != handle {
+			continue
+		}
+		b.Spec.Allocations = append(b.Spec.Allocations[:i:i], b.Spec.Allocations[i+1:]...)
+		setCounts(b, cidr)
+		return &x
+	}
+	return nil
 }
 
 // releaseInBlock removes the handle's allocations and returns their addresses.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/cache"
 
@@ -164,6 +165,20 @@ func (s *CachedStore) GetPool(ctx context.Context, name string) (*v1alpha1.IPPoo
 		return p.DeepCopy(), nil
 	}
 	return s.Store.GetPool(ctx, name)
+}
+
+// ListPools lists the informer's pools: choosing among them on every
+// ADD that names pools must not cost a round trip.
+func (s *CachedStore) ListPools(ctx context.Context) ([]v1alpha1.IPPool, error) {
+	ps, err := s.pools.List(labels.Everything())
+	if err != nil || len(ps) == 0 {
+		return s.Store.ListPools(ctx) // not synced yet, or really none: ask
+	}
+	out := make([]v1alpha1.IPPool, len(ps))
+	for i, p := range ps {
+		p.DeepCopyInto(&out[i])
+	}
+	return out, nil
 }
 
 func (s *CachedStore) GetAffinity(ctx context.Context, node string) (*v1alpha1.IPAMAffinity, error) {

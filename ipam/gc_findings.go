@@ -57,6 +57,8 @@ type Finding struct {
 // GCReader is what a pass reads. GCStore is one; a dry run needs nothing
 // else, so it can run on objects already listed (GCObjects).
 type GCReader interface {
+	ListPools(ctx context.Context) ([]v1alpha1.IPPool, error)
+	GetPool(ctx context.Context, name string) (*v1alpha1.IPPool, error)
 	ListBlocks(ctx context.Context, sel map[string]string) ([]v1alpha1.IPAMBlock, error)
 	GetBlock(ctx context.Context, name string) (*v1alpha1.IPAMBlock, error)
 	ListHandles(ctx context.Context, sel map[string]string) ([]v1alpha1.IPAMHandle, error)
@@ -91,6 +93,7 @@ func DryRun(ctx context.Context, r GCReader, cl Cluster) ([]Finding, error) {
 // GCObjects is a GCReader over objects already listed: calyxctl's
 // snapshot of the cluster.
 type GCObjects struct {
+	Pools      []v1alpha1.IPPool
 	Blocks     []v1alpha1.IPAMBlock
 	Handles    []v1alpha1.IPAMHandle
 	Affinities []v1alpha1.IPAMAffinity
@@ -98,8 +101,26 @@ type GCObjects struct {
 
 var (
 	blockResource          = schema.GroupResource{Group: v1alpha1.GroupName, Resource: "ipamblocks"}
+	poolResource           = schema.GroupResource{Group: v1alpha1.GroupName, Resource: "ippools"}
 	_             GCReader = GCObjects{}
 )
+
+func (o GCObjects) ListPools(context.Context) ([]v1alpha1.IPPool, error) {
+	out := make([]v1alpha1.IPPool, 0, len(o.Pools))
+	for _, p := range o.Pools {
+		out = append(out, *p.DeepCopy())
+	}
+	return out, nil
+}
+
+func (o GCObjects) GetPool(_ context.Context, name string) (*v1alpha1.IPPool, error) {
+	for _, p := range o.Pools {
+		if p.Name == name {
+			return p.DeepCopy(), nil
+		}
+	}
+	return nil, apierrors.NewNotFound(poolResource, name)
+}
 
 func (o GCObjects) ListBlocks(_ context.Context, sel map[string]string) ([]v1alpha1.IPAMBlock, error) {
 	var out []v1alpha1.IPAMBlock

@@ -109,6 +109,22 @@ func TestDryRun(t *testing.T) {
 			},
 		},
 		{
+			name: "a disabled pool: its empty blocks go, one holding addresses or of an enabled pool stays",
+			objs: GCObjects{
+				Pools: []v1alpha1.IPPool{
+					{ObjectMeta: metav1.ObjectMeta{Name: "default"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/16", Disabled: true}},
+					{ObjectMeta: metav1.ObjectMeta{Name: "new"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.1.0.0/16"}},
+				},
+				Blocks: []v1alpha1.IPAMBlock{
+					block("10.0.0.0/26", "n1", tunnelOf("n1"), podAt(2, "a-1", "a", "n1")),
+					block("10.0.0.64/26", "n2"),
+					func() v1alpha1.IPAMBlock { b := block("10.1.0.0/26", "n2"); b.Spec.Pool = "new"; return b }(),
+				},
+			},
+			want: []Finding{{Reason: ReasonBlockOfDisabledPool, Block: b2, CIDR: "10.0.0.64/26", Node: "n2",
+				Detail: "empty block of pool default, which is disabled"}},
+		},
+		{
 			name: "a handle with two addresses, and an index entry pointing at nothing",
 			objs: GCObjects{
 				Blocks: []v1alpha1.IPAMBlock{
@@ -143,6 +159,9 @@ func TestDryRun(t *testing.T) {
 
 func (o GCObjects) deepCopy() *GCObjects {
 	var c GCObjects
+	for _, p := range o.Pools {
+		c.Pools = append(c.Pools, *p.DeepCopy())
+	}
 	for _, b := range o.Blocks {
 		c.Blocks = append(c.Blocks, *b.DeepCopy())
 	}

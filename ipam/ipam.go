@@ -35,6 +35,13 @@ var (
 	ErrNoPool = errors.New("no usable IP pool")
 	// ErrUnknownPool: the configuration names a pool that does not exist.
 	ErrUnknownPool = errors.New("unknown IP pool")
+	// ErrPoolDisabled: a pool asked for by name is disabled.
+	ErrPoolDisabled = errors.New("IP pool is disabled")
+	// ErrAddressInUse: the one address asked for is held by another owner.
+	ErrAddressInUse = errors.New("address in use")
+	// ErrOutsidePools: the one address asked for is in no pool that may
+	// give it to this node.
+	ErrOutsidePools = errors.New("address outside the IP pools")
 )
 
 // Options tune the allocator.
@@ -43,8 +50,12 @@ type Options struct {
 	// missing (the process died between allocating and indexing) is then
 	// also looked for in this node's blocks.
 	Node string
-	// Pools restricts allocation to these pools, by name or CIDR.
+	// Pools restricts allocation to these pools, by name or CIDR, tried
+	// in this order; a Request's Pools replace them.
 	Pools []string
+	// NodeLabels reads a node's labels, for the pools' nodeSelectors. It is
+	// called only when a pool has a selector; nil: nodes have no labels.
+	NodeLabels func(ctx context.Context, node string) (map[string]string, error)
 	// MaxBlocksPerNode caps the blocks one node claims; default 20.
 	MaxBlocksPerNode int
 	// StrictAffinity forbids borrowing addresses from other nodes' blocks.
@@ -129,20 +140,27 @@ func HandleObjectName(handle string) string {
 
 // AutoAssign allocates one address for a pod.
 func (m *IPAM) AutoAssign(ctx context.Context, node, handle string, attrs Attrs) (Assignment, error) {
+	return m.Assign(ctx, node, handle, attrs, Request{})
+}
+
+// Assign allocates one address for a pod, from the pools or the address
+// req asks for. Calling it again with the same handle returns the address
+// the handle holds, whatever req says.
+func (m *IPAM) Assign(ctx context.Context, node, handle string, attrs Attrs, req Request) (Assignment, error) {
 	return m.assign(ctx, node, handle, v1alpha1.Allocation{
 		Handle: handle, Type: v1alpha1.AllocationPod, Node: node,
 		Namespace: attrs.Namespace, Pod: attrs.Pod, ContainerID: attrs.ContainerID,
-	})
+	}, req)
 }
 
 // AssignTunnelAddress allocates the node's tunl0 address, or returns the one
 // it has.
 func (m *IPAM) AssignTunnelAddress(ctx context.Context, node string) (Assignment, error) {
 	h := TunnelHandle(node)
-	return m.assign(ctx, node, h, v1alpha1.Allocation{Handle: h, Type: v1alpha1.AllocationTunnel, Node: node})
+	return m.assign(ctx, node, h, v1alpha1.Allocation{Handle: h, Type: v1alpha1.AllocationTunnel, Node: node}, Request{})
 }
 
-func (m *IPAM) assign(ctx context.Context, node, handle string, alloc v1alpha1.Allocation) (Assignment, error) {
+func (m *IPAM) assign(ctx context.Context, node, handle string, alloc v1alpha1.Allocation, req Request) (Assignment, error) {
 	if node == "" || handle == "" {
 		return Assignment{}, fmt.Errorf("assigning an address needs a node and a handle (got node %q, handle %q)", node, handle)
 	}
@@ -165,36 +183,48 @@ func (m *IPAM) assign(ctx context.Context, node, handle string, alloc v1alpha1.A
 		}
 		return a, nil
 	}
-	allowed := map[string]bool{}
+	if req.Addr.IsValid() {
+		return m.assignAddr(ctx, node, req.Addr, alloc)
+	}
+	pools := m.opts.Pools
+	if len(req.Pools) > 0 {
+		pools = req.Pools
+	}
+	choice, err := m.choosePools(ctx, node, useOf(alloc.Type), pools)
+	if err != nil {
+		return Assignment{}, err
+	}
+	// The node's own blocks with room, in the order of their pools.
+	type ranked struct{ rank, i int }
+	var fit []ranked
 	for i := range own {
-		b := &own[i]
-		if b.Status.Free == 0 {
+		if own[i].Status.Free == 0 {
 			continue
 		}
-		ok, known := allowed[b.Spec.Pool]
-		if !known {
-			if ok, err = m.poolAllowed(ctx, b.Spec.Pool); err != nil {
-				return Assignment{}, err
-			}
-			allowed[b.Spec.Pool] = ok
+		r, ok, err := choice.rankByName(ctx, own[i].Spec.Pool)
+		if err != nil {
+			return Assignment{}, err
 		}
-		if !ok {
-			continue
+		if ok {
+			fit = append(fit, ranked{r, i})
 		}
-		if a, ok, err := m.assignInBlock(ctx, b, alloc); err != nil {
+	}
+	slices.SortStableFunc(fit, func(a, b ranked) int { return a.rank - b.rank })
+	for _, f := range fit {
+		if a, ok, err := m.assignInBlock(ctx, &own[f.i], alloc); err != nil {
 			return Assignment{}, err
 		} else if ok {
 			return m.index(ctx, node, a, alloc)
 		}
 	}
-	return m.assignSlow(ctx, node, alloc, own)
+	return m.assignSlow(ctx, node, alloc, own, choice)
 }
 
 // assignSlow runs when the node's indexed blocks are full: it claims a new
 // block, else borrows. It lists, so it is where the time goes, once per
 // block.
-func (m *IPAM) assignSlow(ctx context.Context, node string, alloc v1alpha1.Allocation, own []v1alpha1.IPAMBlock) (Assignment, error) {
-	pools, err := m.usablePools(ctx)
+func (m *IPAM) assignSlow(ctx context.Context, node string, alloc v1alpha1.Allocation, own []v1alpha1.IPAMBlock, choice *poolChoice) (Assignment, error) {
+	pools, err := choice.pools(ctx)
 	if err != nil {
 		return Assignment{}, err
 	}
@@ -332,61 +362,12 @@ func (m *IPAM) addAffinity(ctx context.Context, node, block string) error {
 	}
 }
 
-// poolAllowed says whether new addresses may come from the named pool.
-func (m *IPAM) poolAllowed(ctx context.Context, name string) (bool, error) {
-	p, err := m.store.GetPool(ctx, name)
-	if apierrors.IsNotFound(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("reading pool %s: %w", name, err)
-	}
-	if p.Spec.Disabled {
-		return false, nil
-	}
-	if len(m.opts.Pools) == 0 {
-		return true, nil
-	}
-	return slices.Contains(m.opts.Pools, p.Name) || slices.Contains(m.opts.Pools, p.Spec.CIDR), nil
-}
-
 func poolList(pools []v1alpha1.IPPool) string {
 	var s []string
 	for _, p := range pools {
 		s = append(s, p.Name+" ("+p.Spec.CIDR+")")
 	}
 	return strings.Join(s, ", ")
-}
-
-// usablePools are the enabled pools, restricted to Options.Pools.
-func (m *IPAM) usablePools(ctx context.Context) ([]v1alpha1.IPPool, error) {
-	all, err := m.store.ListPools(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("listing IP pools: %w", err)
-	}
-	sort.Slice(all, func(i, j int) bool { return all[i].Name < all[j].Name })
-	var out []v1alpha1.IPPool
-	if len(m.opts.Pools) > 0 {
-		for _, want := range m.opts.Pools {
-			i := slices.IndexFunc(all, func(p v1alpha1.IPPool) bool { return p.Name == want || p.Spec.CIDR == want })
-			if i < 0 {
-				return nil, fmt.Errorf("%w %q: the netconf's pools must name existing IPPools (kubectl get ippools)", ErrUnknownPool, want)
-			}
-			if !all[i].Spec.Disabled {
-				out = append(out, all[i])
-			}
-		}
-	} else {
-		for _, p := range all {
-			if !p.Spec.Disabled {
-				out = append(out, p)
-			}
-		}
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%w: create an enabled IPPool (kubectl apply -f deploy/calyx.yaml has the default 192.168.0.0/16)", ErrNoPool)
-	}
-	return out, nil
 }
 
 // assignInBlock allocates in b with compare-and-swap, re-reading b on a

@@ -353,6 +353,7 @@ func (cp *ControlPlane) waitReady(ctx context.Context, timeout time.Duration) er
 	if err != nil {
 		return err
 	}
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var last error
@@ -372,6 +373,9 @@ func (cp *ControlPlane) waitReady(ctx context.Context, timeout time.Duration) er
 		case <-cp.exited:
 			return fmt.Errorf("kube-apiserver exited during start-up: %s", cp.logTail())
 		case <-ctx.Done():
+			if parent.Err() != nil {
+				return fmt.Errorf("waiting for kube-apiserver: %w (the caller's deadline, not the server's start-up timeout)", parent.Err())
+			}
 			return fmt.Errorf("kube-apiserver not ready after %s (last: %v): %s", timeout, last, cp.logTail())
 		case <-time.After(100 * time.Millisecond):
 		}

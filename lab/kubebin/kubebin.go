@@ -210,7 +210,9 @@ func build(ctx context.Context, tools, name, version, bin string, progress io.Wr
 	}
 	pkg, test := strings.CutPrefix(pkg, "test:")
 	start := time.Now()
-	fmt.Fprintf(progress, "building %s %s from %s: first run only, it takes a few minutes and ~3 GB of memory; cached as %s\n", name, version, tools, bin)
+	// The cache name carries the program's own version (coredns-v1.14.6),
+	// which for a program of another module is not Kubernetes'.
+	fmt.Fprintf(progress, "building %s from %s: first run only, it takes a few minutes and ~3 GB of memory; cached as %s\n", filepath.Base(bin), tools, bin)
 
 	// The number of packages to compile gives the progress a denominator.
 	listArgs := []string{"list", "-deps", pkg}
@@ -251,7 +253,7 @@ func build(ctx context.Context, tools, name, version, bin string, progress io.Wr
 	if err := os.Rename(tmp, bin); err != nil {
 		return fmt.Errorf("caching %s: %w", name, err)
 	}
-	fmt.Fprintf(progress, "built %s %s in %s\n", name, version, time.Since(start).Round(time.Second))
+	fmt.Fprintf(progress, "built %s in %s\n", filepath.Base(bin), time.Since(start).Round(time.Second))
 	return nil
 }
 
