@@ -244,7 +244,7 @@ func (c *poolChoice) pools(ctx context.Context) ([]v1alpha1.IPPool, error) {
 	if len(all) == 0 {
 		return nil, fmt.Errorf("%w: create an enabled IPPool (kubectl apply -f deploy/calyx.yaml has the default 192.168.0.0/16)", ErrNoPool)
 	}
-	return nil, fmt.Errorf("%w: no IP pool can give node %s %s: %s", ErrNoPool, c.node, what, strings.Join(why, "; "))
+	return nil, fmt.Errorf("%w: none can give node %s %s: %s", ErrNoPool, c.node, what, strings.Join(why, "; "))
 }
 
 // poolFor is the pool that holds addr: the most specific one, when pools

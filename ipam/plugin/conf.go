@@ -3,6 +3,7 @@
 package plugin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,14 +21,21 @@ const (
 	ErrNoFreeAddress uint = 100
 	// ErrCheckFailed: CHECK found the allocation missing or different.
 	ErrCheckFailed uint = 101
+	// ErrAddressTaken: the address the pod's calyx.dev/ipAddrs asks for
+	// is held by another pod or node.
+	ErrAddressTaken uint = 102
 )
 
 // Defaults for the ipam section of the netconf.
 const (
 	DefaultNodenameFile = "/var/lib/calyx/nodename"
-	DefaultLockFile     = "/var/run/calyx/ipam.lock"
-	DefaultTimeout      = 10 * time.Second
-	DefaultLockTimeout  = 90 * time.Second
+	// DefaultNodeLabelsFile holds the node's labels as the agent last saw
+	// them (a JSON object), for the pools' nodeSelectors: the plugins'
+	// account may not read nodes.
+	DefaultNodeLabelsFile = "/var/lib/calyx/nodelabels"
+	DefaultLockFile       = "/var/run/calyx/ipam.lock"
+	DefaultTimeout        = 10 * time.Second
+	DefaultLockTimeout    = 90 * time.Second
 )
 
 // Conf is the ipam section of the netconf.
@@ -36,6 +44,7 @@ type Conf struct {
 	Kubeconfig       string   `json:"kubeconfig"`
 	Nodename         string   `json:"nodename,omitempty"`
 	NodenameFile     string   `json:"nodename_file,omitempty"`
+	NodeLabelsFile   string   `json:"node_labels_file,omitempty"`
 	Pools            []string `json:"pools,omitempty"`
 	Timeout          string   `json:"timeout,omitempty"`
 	LockTimeout      string   `json:"lock_timeout,omitempty"`
@@ -101,7 +110,25 @@ func parseConf(data []byte) (*NetConf, error) {
 	if c.LockFile == "" {
 		c.LockFile = DefaultLockFile
 	}
+	if c.NodeLabelsFile == "" {
+		c.NodeLabelsFile = DefaultNodeLabelsFile
+	}
 	return conf, nil
+}
+
+// nodeLabels reads the node's labels from the file the agent writes; it
+// is asked only when a pool has a nodeSelector.
+func (c *Conf) nodeLabels(context.Context, string) (map[string]string, error) {
+	const msg = "the node's labels are not known yet: the IP pools' nodeSelectors need them"
+	b, err := os.ReadFile(c.NodeLabelsFile)
+	if err != nil {
+		return nil, types.NewError(types.ErrTryAgainLater, msg, fmt.Sprintf("%v; the calyx agent writes it when it starts: is calyx-node running on this node?", err))
+	}
+	var l map[string]string
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, types.NewError(types.ErrTryAgainLater, msg, fmt.Sprintf("%s holds no JSON object of labels: %v; the calyx agent rewrites it", c.NodeLabelsFile, err))
+	}
+	return l, nil
 }
 
 // nodeName is the node this plugin runs on: ipam.nodename, else the file

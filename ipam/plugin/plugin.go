@@ -13,6 +13,8 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/calyx-net/calyx/ipam"
@@ -41,6 +43,9 @@ type Handler struct {
 	// NewAllocator returns the allocator for one call; nil makes an API
 	// client from ipam.kubeconfig.
 	NewAllocator func(conf *NetConf, opts ipam.Options) (*ipam.IPAM, error)
+	// NewAnnotator returns what reads the pod's annotations on ADD; nil
+	// makes an API client from ipam.kubeconfig.
+	NewAnnotator func(conf *NetConf) (Annotator, error)
 }
 
 // session is one invocation's parsed configuration and allocator.
@@ -80,6 +85,7 @@ func (h *Handler) open(args *skel.CmdArgs, need nodeNeed) (*session, error) {
 		Pools:            conf.IPAM.Pools,
 		MaxBlocksPerNode: conf.IPAM.MaxBlocksPerNode,
 		StrictAffinity:   conf.IPAM.StrictAffinity,
+		NodeLabels:       conf.IPAM.nodeLabels,
 	}
 	newAlloc := h.NewAllocator
 	if newAlloc == nil {
@@ -92,9 +98,9 @@ func (h *Handler) open(args *skel.CmdArgs, need nodeNeed) (*session, error) {
 	return s, nil
 }
 
-// clientAllocator is the binary's allocator: a client of its own, made
-// from the kubeconfig the agent writes.
-func clientAllocator(conf *NetConf, opts ipam.Options) (*ipam.IPAM, error) {
+// restConfig is the binary's API configuration: the kubeconfig the agent
+// writes, with the node's credential.
+func restConfig(conf *NetConf) (*rest.Config, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", conf.IPAM.Kubeconfig)
 	if err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "cannot load the kubeconfig",
@@ -104,11 +110,34 @@ func clientAllocator(conf *NetConf, opts ipam.Options) (*ipam.IPAM, error) {
 	// API server is an error the runtime can retry, not a hung pod start.
 	cfg.Timeout = conf.IPAM.timeout
 	cfg.QPS, cfg.Burst = -1, -1
+	return cfg, nil
+}
+
+// clientAllocator is the binary's allocator: a client of its own.
+func clientAllocator(conf *NetConf, opts ipam.Options) (*ipam.IPAM, error) {
+	cfg, err := restConfig(conf)
+	if err != nil {
+		return nil, err
+	}
 	m, err := ipam.NewForConfig(cfg, opts)
 	if err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "cannot create the API client", err.Error())
 	}
 	return m, nil
+}
+
+// clientAnnotator is the binary's annotation reader, on the same
+// kubeconfig.
+func clientAnnotator(conf *NetConf) (Annotator, error) {
+	cfg, err := restConfig(conf)
+	if err != nil {
+		return nil, err
+	}
+	c, err := metadata.NewForConfig(cfg)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "cannot create the API client", err.Error())
+	}
+	return KubeAnnotator{Client: c}, nil
 }
 
 // lock serialises this node's CNI calls. The wait has its own bound: a
@@ -140,22 +169,44 @@ func (h *Handler) Add(args *skel.CmdArgs) (types.Result, string, error) {
 		return nil, "", err
 	}
 	defer s.stop()
+	// Before the node's lock: the reads need not hold up other pods.
+	req, err := h.request(s, pod)
+	if err != nil {
+		return nil, "", err
+	}
 	unlock, err := s.lock()
 	if err != nil {
 		return nil, "", err
 	}
 	defer unlock()
-	a, err := s.m.AutoAssign(s.ctx, s.node, s.handle(args.ContainerID), ipam.Attrs{
+	a, err := s.m.Assign(s.ctx, s.node, s.handle(args.ContainerID), ipam.Attrs{
 		Namespace: pod.Namespace, Pod: pod.Name, ContainerID: args.ContainerID,
-	})
+	}, req.req)
 	if err != nil {
-		return nil, "", s.classify(err, "cannot allocate an address")
+		return nil, "", s.classify(err, req.source, "cannot allocate an address")
 	}
 	result := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		IPs:        []*current.IPConfig{{Address: hostNet(a.Addr)}},
 	}
 	return result, s.conf.CNIVersion, nil
+}
+
+// request reads what the pod's annotations ask for.
+func (h *Handler) request(s *session, pod podArgs) (podRequest, error) {
+	newAnn := h.NewAnnotator
+	if newAnn == nil {
+		newAnn = clientAnnotator
+	}
+	a, err := newAnn(s.conf)
+	if err != nil {
+		return podRequest{}, err
+	}
+	r, err := requestFor(s.ctx, a, pod)
+	if err != nil {
+		return podRequest{}, s.classify(err, "", "cannot read the pod's annotations")
+	}
+	return r, nil
 }
 
 // Del releases the pod's address; releasing nothing is no error.
@@ -171,7 +222,7 @@ func (h *Handler) Del(args *skel.CmdArgs) error {
 	}
 	defer unlock()
 	if _, err := s.m.ReleaseByHandle(s.ctx, s.handle(args.ContainerID)); err != nil {
-		return s.classify(err, "cannot release the address")
+		return s.classify(err, "", "cannot release the address")
 	}
 	return nil
 }
@@ -185,7 +236,7 @@ func (h *Handler) Check(args *skel.CmdArgs) error {
 	defer s.stop()
 	a, found, err := s.m.Lookup(s.ctx, s.node, s.handle(args.ContainerID))
 	if err != nil {
-		return s.classify(err, "cannot read the allocation")
+		return s.classify(err, "", "cannot read the allocation")
 	}
 	if !found {
 		return types.NewError(ErrCheckFailed, "no address is allocated",
@@ -229,7 +280,7 @@ func (h *Handler) GC(args *skel.CmdArgs) error {
 	}
 	defer unlock()
 	if _, err := s.m.ReleaseStale(s.ctx, s.node, s.conf.Name, valid); err != nil {
-		return s.classify(err, "garbage collection failed")
+		return s.classify(err, "", "garbage collection failed")
 	}
 	return nil
 }
@@ -249,17 +300,28 @@ func (h *Handler) Status(args *skel.CmdArgs) error {
 }
 
 // classify maps allocator errors to CNI codes: configuration problems are
-// 7, a full pool is ErrNoFreeAddress, and anything on the way to the API
-// server is 11, so the runtime retries instead of giving up on the pod.
-func (s *session) classify(err error, msg string) error {
+// 7, a full pool is ErrNoFreeAddress, a taken fixed address
+// ErrAddressTaken, and anything on the way to the API server is 11, so
+// the runtime retries instead of giving up on the pod. source names the
+// annotation the request came from: the message then starts with it, as
+// `kubectl describe pod` shows it.
+func (s *session) classify(err error, source, msg string) error {
 	var e *types.Error
+	user := func(code uint, msg string) error {
+		if source != "" {
+			return types.NewError(code, fmt.Sprintf("%s: %v", source, err), "")
+		}
+		return types.NewError(code, msg, err.Error())
+	}
 	switch {
 	case errors.As(err, &e):
 		return e
 	case errors.Is(err, ipam.ErrExhausted):
-		return types.NewError(ErrNoFreeAddress, "no free address in the IP pools", err.Error())
-	case errors.Is(err, ipam.ErrNoPool), errors.Is(err, ipam.ErrUnknownPool):
-		return types.NewError(types.ErrInvalidNetworkConfig, "no usable IP pool", err.Error())
+		return user(ErrNoFreeAddress, "no free address in the IP pools")
+	case errors.Is(err, ipam.ErrAddressInUse):
+		return user(ErrAddressTaken, "the address asked for is taken")
+	case errors.Is(err, ipam.ErrNoPool), errors.Is(err, ipam.ErrUnknownPool), errors.Is(err, ipam.ErrPoolDisabled), errors.Is(err, ipam.ErrOutsidePools):
+		return user(types.ErrInvalidNetworkConfig, "no usable IP pool")
 	case apierrors.IsUnauthorized(err), apierrors.IsForbidden(err):
 		return types.NewError(types.ErrInvalidNetworkConfig, msg,
 			fmt.Sprintf("%v: the credentials in %s are refused; the calyx agent refreshes them: is calyx-node running?", err, s.conf.IPAM.Kubeconfig))
