@@ -57,8 +57,9 @@ func RealDatapath(mode string, opts DatapathOptions) (tunnel.Datapath, string, e
 	return tunnel.New(mode, tunnel.Options{NetNS: opts.NetNS, Logger: opts.Logger})
 }
 
-// AllocatorFactory makes the IPAM client that assigns the tunnel address.
-type AllocatorFactory func(cfg *rest.Config, node string, log *slog.Logger) (ipam.Allocator, error)
+// AllocatorFactory makes the IPAM client that assigns the tunnel address;
+// opts carry the node, the logger and how to read the node's labels.
+type AllocatorFactory func(cfg *rest.Config, opts ipam.Options) (ipam.Allocator, error)
 
 // Config is the agent's configuration; cmd/calyx-agent fills it from flags
 // and the environment.
@@ -154,6 +155,8 @@ type Agent struct {
 	// Owned by the sync loop.
 	ul         underlay.Underlay
 	tunnelAddr netip.Addr
+	// labels are the node's, as last observed, for the CNI plugin's file.
+	labels     map[string]string
 	protoNamed bool
 	last       desired.State
 	// lastOK says last was applied without error.
@@ -194,8 +197,8 @@ func New(cfg Config) (*Agent, error) {
 		cfg.NewDatapath = RealDatapath
 	}
 	if cfg.NewAllocator == nil {
-		cfg.NewAllocator = func(rc *rest.Config, node string, log *slog.Logger) (ipam.Allocator, error) {
-			return ipam.NewForConfig(rc, ipam.Options{Node: node, Logger: log})
+		cfg.NewAllocator = func(rc *rest.Config, opts ipam.Options) (ipam.Allocator, error) {
+			return ipam.NewForConfig(rc, opts)
 		}
 	}
 	a := &Agent{
@@ -473,7 +476,7 @@ func (a *Agent) connect(ctx context.Context) (*clients, error) {
 	if err := c.probe(ctx); err != nil {
 		return nil, err
 	}
-	alloc, err := a.cfg.NewAllocator(rc, a.cfg.NodeName, a.log)
+	alloc, err := a.cfg.NewAllocator(rc, ipam.Options{Node: a.cfg.NodeName, Logger: a.log, NodeLabels: a.nodeLabels})
 	if err != nil {
 		return nil, fmt.Errorf("creating the IPAM client: %w", err)
 	}

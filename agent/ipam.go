@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 
 	calyxclient "github.com/calyx-net/calyx/api/client/clientset/versioned"
@@ -72,11 +73,23 @@ func (a *Agent) serveIPAM(ctx context.Context, wg *sync.WaitGroup) {
 		log.Error("not serving IPAM on the socket; pods get addresses through the calyx-ipam binary", "err", err)
 		return
 	}
+	// The pod's annotations, with the agent's credential (get on pods and
+	// namespaces), metadata only.
+	md, err := metadata.NewForConfig(rc)
+	if err != nil {
+		log.Error("not serving IPAM on the socket; pods get addresses through the calyx-ipam binary", "err", err)
+		return
+	}
+	annotations := plugin.KubeAnnotator{Client: md}
 	srv := &plugin.Server{
-		Handler: &plugin.Handler{NewAllocator: func(_ *plugin.NetConf, opts ipam.Options) (*ipam.IPAM, error) {
-			opts.Logger = log
-			return ipam.New(store, opts), nil
-		}},
+		Handler: &plugin.Handler{
+			NewAllocator: func(_ *plugin.NetConf, opts ipam.Options) (*ipam.IPAM, error) {
+				opts.Logger = log
+				opts.NodeLabels = a.nodeLabels // the informer's, not the file it writes
+				return ipam.New(store, opts), nil
+			},
+			NewAnnotator: func(*plugin.NetConf) (plugin.Annotator, error) { return annotations, nil },
+		},
 		Logger:  log,
 		Observe: newIPAMMetrics(a.metrics.Registry).observe,
 	}

@@ -153,14 +153,15 @@ func trimCalyxObject(obj any) (any, error) {
 	return obj, nil
 }
 
-// trimCoreObject keeps of a Node its name and annotations, and of a
-// Service what conntrack helpers match on: all the agent reads, which
-// keeps the cache small in large clusters.
+// trimCoreObject keeps of a Node its name, labels (the pools'
+// nodeSelectors) and annotations, and of a Service what conntrack helpers
+// match on: all the agent reads, which keeps the cache small in large
+// clusters.
 func trimCoreObject(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *corev1.Node:
 		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{
-			Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion, Annotations: o.Annotations,
+			Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion, Labels: o.Labels, Annotations: o.Annotations,
 		}}, nil
 	case *corev1.Service:
 		return &corev1.Service{

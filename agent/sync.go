@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"reflect"
 	"slices"
@@ -92,6 +93,10 @@ func (a *Agent) observe(ctx context.Context, fails *syncFailures) desired.Input 
 		a.check(CheckNode, err)
 		fails.add("node", err)
 	} else {
+		a.labels = nodes[self].Labels
+		if a.labels == nil {
+			a.labels = map[string]string{} // known: none
+		}
 		if err := a.register(ctx, nodes[self], pools); err != nil {
 			fails.add("register", err)
 		}
@@ -133,11 +138,17 @@ func newNotes(last, cur []string) []string {
 	return out
 }
 
-// prepareNode writes what the CNI plugin reads (node name, MTU), names
-// the route protocol for ip route once, and enables forwarding if asked.
+// prepareNode writes what the CNI plugin reads (node name, MTU, labels),
+// names the route protocol for ip route once, and enables forwarding if
+// asked.
 func (a *Agent) prepareNode(fails *syncFailures) {
 	if err := statedir.Write(a.cfg.StateDir, a.cfg.NodeName, a.ul.MTU-desired.EncapOverhead); err != nil {
 		fails.add("statedir", err)
+	}
+	if a.labels != nil {
+		if err := statedir.WriteLabels(a.cfg.StateDir, a.labels); err != nil {
+			fails.add("statedir", err)
+		}
 	}
 	if a.cfg.ProtocolNamesDir != "" && !a.protoNamed {
 		if err := routes.InstallProtocolName(a.cfg.ProtocolNamesDir); err != nil {
@@ -250,10 +261,14 @@ func mergeAnnotations(have, ours map[string]string) map[string]string {
 }
 
 // register announces the node's underlay address and gets its tunnel
-// address from IPAM, once per agent; the node's annotations then say both.
+// address from IPAM, once per agent or when it must move to another pool;
+// the node's annotations then say both.
 func (a *Agent) register(ctx context.Context, node *corev1.Node, pools []*v1alpha1.IPPool) error {
 	a.check(CheckNode, nil)
 	var errs []error
+	if err := a.moveTunnelAddress(ctx, node, pools); err != nil {
+		errs = append(errs, err)
+	}
 	if !a.tunnelAddr.IsValid() {
 		if err := poolProblem(pools); err != nil {
 			// Not a failure to retry: the pool's creation triggers a sync,
@@ -294,6 +309,26 @@ func (a *Agent) register(ctx context.Context, node *corev1.Node, pools []*v1alph
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// moveTunnelAddress releases tunl0's address when its pool may no longer
+// hold it and another may; register then assigns a new one at once.
+func (a *Agent) moveTunnelAddress(ctx context.Context, node *corev1.Node, pools []*v1alpha1.IPPool) error {
+	if !a.tunnelAddr.IsValid() {
+		return nil
+	}
+	why := tunnelMove(a.tunnelAddr, a.cfg.NodeName, node.Labels, pools)
+	if why == "" {
+		return nil
+	}
+	a.log.Info("moving tunl0's address to another pool", "address", a.tunnelAddr, "why", why)
+	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := a.alloc.ReleaseByHandle(actx, ipam.TunnelHandle(a.cfg.NodeName)); err != nil {
+		return fmt.Errorf("releasing tunl0's address %s (%s): %w", a.tunnelAddr, why, err)
+	}
+	a.tunnelAddr = netip.Addr{}
+	return nil
 }
 
 // enableForwarding sets net.ipv4.ip_forward in the node's namespace. A

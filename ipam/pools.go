@@ -49,6 +49,13 @@ func SelectorString(p *v1alpha1.IPPool) string {
 	return metav1.FormatLabelSelector(p.Spec.NodeSelector)
 }
 
+// Refuses says why p may not give node, with these labels, an address for
+// use, or "" when it may: the rule every allocation follows.
+func Refuses(p *v1alpha1.IPPool, node string, use v1alpha1.IPPoolUse, nodeLabels map[string]string) string {
+	why, _ := unusable(p, node, use, func() (map[string]string, error) { return nodeLabels, nil })
+	return why
+}
+
 // useOf is the pool use an allocation needs.
 func useOf(t v1alpha1.AllocationType) v1alpha1.IPPoolUse {
 	if t == v1alpha1.AllocationTunnel {

@@ -1,10 +1,11 @@
 // Package statedir is the node-local state the agent writes for the CNI
-// plugin: the node's name and the pod MTU, one value per file in a
+// plugin: the node's name, the pod MTU and the node's labels, one value per file in a
 // directory (/var/lib/calyx by default), as Calico does in
 // /var/lib/calico.
 package statedir
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,6 +20,9 @@ const Default = "/var/lib/calyx"
 const (
 	NodenameFile = "nodename"
 	MTUFile      = "mtu"
+	// LabelsFile holds the node's labels as a JSON object, for the IP
+	// pools' nodeSelectors: the CNI plugins' account may not read nodes.
+	LabelsFile = "nodelabels"
 )
 
 // Write records the node name and pod MTU in dir. Each file is replaced
@@ -33,6 +37,21 @@ func Write(dir, nodename string, mtu int) error {
 		}
 	}
 	return nil
+}
+
+// WriteLabels records the node's labels in dir.
+func WriteLabels(dir string, labels map[string]string) error {
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	b, err := json.Marshal(labels) // sorted keys: unchanged labels, unchanged file
+	if err != nil {
+		return fmt.Errorf("encoding the node's labels: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("creating the state directory %s: %w (set --state-dir to a writable path)", dir, err)
+	}
+	return writeAtomic(filepath.Join(dir, LabelsFile), string(b)+"\n")
 }
 
 func writeAtomic(path, content string) error {

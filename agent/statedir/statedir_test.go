@@ -35,3 +35,22 @@ func TestRoundTrip(t *testing.T) {
 		t.Error("MTU of an empty directory succeeded")
 	}
 }
+
+func TestLabels(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "calyx")
+	for _, tc := range []struct {
+		labels map[string]string
+		want   string
+	}{
+		{map[string]string{"zone": "a", "kubernetes.io/hostname": "learn-k8s-2"}, `{"kubernetes.io/hostname":"learn-k8s-2","zone":"a"}` + "\n"},
+		{nil, "{}\n"},
+	} {
+		if err := WriteLabels(dir, tc.labels); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, LabelsFile))
+		if err != nil || string(b) != tc.want {
+			t.Errorf("labels file = %q, %v; want %q", b, err, tc.want)
+		}
+	}
+}
