@@ -127,6 +127,10 @@ func TestManifestOnAPIServer(t *testing.T) {
 		{"get", "pods", "*", true},
 		{"list", "pods", "*", true},
 		{"watch", "pods", "*", true},
+		// The IPAM it serves on its socket: the pod's namespace's
+		// annotations.
+		{"get", "namespaces", "", true},
+		{"list", "namespaces", "", false},
 		{"delete", "ipamblocks.calyx.dev", "", true},
 		{"list", "ipamaffinities.calyx.dev", "", true},
 		{"delete", "ipamaffinities.calyx.dev", "", true},
@@ -171,7 +175,12 @@ func TestManifestOnAPIServer(t *testing.T) {
 		{pluginSA, "watch", "ipamblocks.calyx.dev", false},
 		{pluginSA, "delete", "ipamblocks.calyx.dev", false},
 		{pluginSA, "list", "secrets", false},
+		// The pod's and its namespace's annotations, by name only.
+		{pluginSA, "get", "pods", true},
+		{pluginSA, "get", "namespaces", true},
 		{pluginSA, "list", "pods", false},
+		{pluginSA, "watch", "pods", false},
+		{pluginSA, "list", "namespaces", false},
 		{pluginSA, "create", "pods", false},
 	} {
 		out, _ := kubectl("auth", "can-i", tt.verb, tt.resource, "--as", tt.sa, "--all-namespaces")

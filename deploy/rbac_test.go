@@ -51,9 +51,10 @@ var nodeAccount = account{
 var pluginAccount = account{
 	name: "calyx-cni-plugin", part: "parts/25-cni-plugin-rbac.yaml",
 	// Nothing of the agent's own: no watch (the binary has no informer),
-	// no pods or nodes, no deleting blocks or affinities (the garbage
-	// collector's), not the GC's Lease, no tokens, not even its own.
-	mustAllow: ipamCalls, mustDeny: slices.Concat(mustDeny, agentCalls, []canI{{"watch", "ipamhandles.calyx.dev", "", ""}}),
+	// no listing pods, nothing of nodes, no deleting blocks or affinities
+	// (the garbage collector's), not the GC's Lease, no tokens, not even
+	// its own.
+	mustAllow: slices.Concat(ipamCalls, annotationCalls), mustDeny: slices.Concat(mustDeny, agentCalls, []canI{{"watch", "ipamhandles.calyx.dev", "", ""}}),
 	exact: true,
 }
 
@@ -105,6 +106,10 @@ var mustDeny = []canI{
 	{"update", "serviceaccounts", "kube-system", "calyx-cni-plugin"},
 	{"delete", "serviceaccounts", "kube-system", "calyx-cni-plugin"},
 	{"get", "configmaps", "kube-system", ""},
+	{"list", "namespaces", "", ""},
+	{"watch", "namespaces", "", ""},
+	{"update", "namespaces", "", ""},
+	{"delete", "namespaces", "", ""},
 	{"create", "nodes", "", ""},
 	{"delete", "nodes", "", ""},
 	{"update", "nodes", "", ""},
@@ -154,10 +159,18 @@ var ipamCalls = []canI{
 	{"update", "ipamaffinities.calyx.dev", "", ""},
 }
 
+// annotationCalls are how the IPAM, in the binary and in the agent, reads
+// the annotations of the pod it allocates for (ipam/plugin/annotations.go):
+// one pod and one namespace, by name.
+var annotationCalls = []canI{
+	{"get", "pods", "*", ""},
+	{"get", "namespaces", "", ""},
+}
+
 // mustAllow is what the agent, the IPAM and the IPAM garbage collector
 // call (the comments of deploy/parts/20-rbac.yaml name the callers), and
 // the token request for the plugins' account.
-var mustAllow = slices.Concat(ipamCalls, agentCalls)
+var mustAllow = slices.Concat(ipamCalls, annotationCalls, agentCalls)
 
 // agentCalls are the agent's calls beyond the IPAM's: none of them is the
 // plugins' to make.
@@ -172,8 +185,8 @@ var agentCalls = []canI{
 	{"watch", "ippools.calyx.dev", "", ""},
 	{"watch", "ipamblocks.calyx.dev", "", ""},
 	// The IPAM garbage collector (agent/ipamgc, ipam/gc_*.go), one agent
-	// at a time, elected with a Lease.
-	{"get", "pods", "*", ""},
+	// at a time, elected with a Lease; it reads a pod back by name too
+	// (annotationCalls).
 	{"list", "pods", "*", ""},
 	{"watch", "pods", "*", ""},
 	{"delete", "ipamblocks.calyx.dev", "", ""},
