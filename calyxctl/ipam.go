@@ -11,16 +11,17 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/rest"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/calyx-net/calyx/agent/desired"
+	"github.com/calyx-net/calyx/api/v1alpha1"
 	"github.com/calyx-net/calyx/ipam"
 )
 
-// IPAMShow writes the pools' and (with blocks) the blocks' usage. JSON and
-// YAML always carry both.
-func IPAMShow(ctx context.Context, cfg *rest.Config, w io.Writer, format string, blocks bool) error {
-	m, err := ipam.NewForConfig(cfg, ipam.Options{})
+// IPAMShow writes the pools' usage and the nodes each selects, and (with
+// blocks) the blocks' usage. JSON and YAML always carry both.
+func IPAMShow(ctx context.Context, c *Clients, w io.Writer, format string, blocks bool) error {
+	m, err := ipam.NewForConfig(c.Config, ipam.Options{})
 	if err != nil {
 		return fmt.Errorf("connecting to the API server: %w", err)
 	}
@@ -28,6 +29,15 @@ func IPAMShow(ctx context.Context, cfg *rest.Config, w io.Writer, format string,
 	if err != nil {
 		return fmt.Errorf("reading IPAM usage: %w (are calyx's CRDs installed? kubectl get crd | grep calyx.dev)", err)
 	}
+	pools, err := c.Calyx.CalyxV1alpha1().IPPools().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("listing IPPools: %w", err)
+	}
+	nodes, err := c.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("listing Nodes: %w (calyxctl needs get/list on nodes)", err)
+	}
+	selectNodes(u.Pools, pools.Items, nodes.Items)
 	// By address, not by object name (192-168-183-… before 192-168-28-…).
 	slices.SortFunc(u.Blocks, func(a, b ipam.BlockUsage) int {
 		pa, ea := netip.ParsePrefix(a.CIDR)
@@ -40,10 +50,28 @@ func IPAMShow(ctx context.Context, cfg *rest.Config, w io.Writer, format string,
 	return render(w, format, u, func(w io.Writer) { usageTable(w, u, blocks) })
 }
 
+// selectNodes fills each pool's Nodes: the nodes its nodeSelector
+// selects, by name.
+func selectNodes(u []ipam.PoolUsage, pools []v1alpha1.IPPool, nodes []corev1.Node) {
+	for i := range u {
+		j := slices.IndexFunc(pools, func(p v1alpha1.IPPool) bool { return p.Name == u[i].Name })
+		if j < 0 {
+			continue
+		}
+		u[i].Nodes = []string{}
+		for _, n := range nodes {
+			if ok, _ := ipam.PoolSelects(&pools[j], n.Labels); ok {
+				u[i].Nodes = append(u[i].Nodes, n.Name)
+			}
+		}
+		slices.Sort(u[i].Nodes)
+	}
+}
+
 func usageTable(w io.Writer, u ipam.Usage, blocks bool) {
-	fmt.Fprintln(w, "POOL\tCIDR\tSIZE\tUSED\tFREE\tBLOCKS")
+	fmt.Fprintln(w, "POOL\tCIDR\tSIZE\tUSED\tFREE\tBLOCKS\tSELECTOR\tNODES")
 	for _, p := range u.Pools {
-		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%d\n", p.Name, p.CIDR, p.Size, p.Used, p.Free, p.Blocks)
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", p.Name, p.CIDR, p.Size, p.Used, p.Free, p.Blocks, p.NodeSelector, orNone(strings.Join(p.Nodes, ",")))
 	}
 	if !blocks {
 		return
@@ -139,6 +167,9 @@ func unjoin(err error) []error {
 // gcObjects are the snapshot's IPAM objects, for the collector's dry run.
 func (s *Snapshot) gcObjects() ipam.GCObjects {
 	var o ipam.GCObjects
+	for _, p := range s.Pools {
+		o.Pools = append(o.Pools, *p)
+	}
 	for _, b := range s.Blocks {
 		o.Blocks = append(o.Blocks, *b)
 	}

@@ -49,7 +49,7 @@ func (m *IPAM) assignAddr(ctx context.Context, node string, addr netip.Addr, all
 			break // a lost answer of an earlier try: the address is ours
 		}
 		if holder != nil {
-			return Assignment{}, fmt.Errorf("%w: %s is held by %s", ErrAddressInUse, addr, describe(holder))
+			return Assignment{}, fmt.Errorf("%w: %s is held by %s", ErrAddressInUse, addr, Holder(holder))
 		}
 		if _, err = m.store.UpdateBlock(ctx, nb); err == nil {
 			break
@@ -104,9 +104,9 @@ func (m *IPAM) blockOf(ctx context.Context, p *v1alpha1.IPPool, addr netip.Addr,
 	return b, nil
 }
 
-// describe names an allocation's owner for an error a user reads in
-// `kubectl describe pod`.
-func describe(a *v1alpha1.Allocation) string {
+// Holder names an allocation's owner for a user: in the error `kubectl
+// describe pod` shows, and in calyxctl.
+func Holder(a *v1alpha1.Allocation) string {
 	switch {
 	case a.Type == v1alpha1.AllocationTunnel:
 		return fmt.Sprintf("the tunl0 of node %s", a.Node)

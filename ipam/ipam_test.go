@@ -266,7 +266,8 @@ func TestExhaustion(t *testing.T) {
 	if diff := cmp.Diff([]string{a.Addr.String()}, borrowed); diff != "" {
 		t.Errorf("borrowed addresses in Usage (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]ipam.PoolUsage{{Name: "small", CIDR: "10.20.0.0/28", Size: 16, Blocks: 4, Used: 16, Free: 0}}, u.Pools); diff != "" {
+	if diff := cmp.Diff([]ipam.PoolUsage{{Name: "small", CIDR: "10.20.0.0/28", Size: 16, Blocks: 4, Used: 16, Free: 0,
+		NodeSelector: "<all>", AllowedUses: []v1alpha1.IPPoolUse{v1alpha1.IPPoolUseWorkload, v1alpha1.IPPoolUseTunnel}}}, u.Pools); diff != "" {
 		t.Errorf("pool usage (-want +got):\n%s", diff)
 	}
 }

@@ -18,6 +18,13 @@ type PoolUsage struct {
 	Blocks int    `json:"blocks"`
 	Used   int    `json:"used"`
 	Free   int    `json:"free"`
+	// NodeSelector is the pool's, as kubectl -l takes it; "<all>" for
+	// every node.
+	NodeSelector string `json:"nodeSelector"`
+	// Nodes are the nodes it selects, when the caller knows them.
+	Nodes       []string             `json:"nodes,omitempty"`
+	AllowedUses []v1alpha1.IPPoolUse `json:"allowedUses,omitempty"`
+	Disabled    bool                 `json:"disabled,omitempty"`
 }
 
 // BlockUsage counts one block's addresses.
@@ -54,7 +61,8 @@ func (m *IPAM) Usage(ctx context.Context) (Usage, error) {
 		if c, err := netip.ParsePrefix(p.Spec.CIDR); err == nil {
 			size = 1 << (32 - c.Bits())
 		}
-		u.Pools = append(u.Pools, PoolUsage{Name: p.Name, CIDR: p.Spec.CIDR, Size: size, Free: size})
+		u.Pools = append(u.Pools, PoolUsage{Name: p.Name, CIDR: p.Spec.CIDR, Size: size, Free: size,
+			NodeSelector: SelectorString(&p), AllowedUses: p.Spec.AllowedUses, Disabled: p.Spec.Disabled})
 	}
 	for i := range u.Pools {
 		byPool[u.Pools[i].Name] = &u.Pools[i]

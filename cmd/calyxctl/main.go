@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -26,11 +27,19 @@ import (
 const usage = `usage: %[1]s [global flags] COMMAND [flags]
 
 commands:
-  ipam show [--blocks]      pools' size, used, free, blocks; with --blocks each block
+  ipam show [--blocks]      pools' size, used, free, blocks, and the nodes each selects;
+                            with --blocks each block
   ipam check                what the IPAM garbage collector would free: addresses of
                             deleted pods, nodes or earlier sandboxes, blocks and
-                            affinities of deleted nodes, dangling handles; and
-                            duplicated handles (exit 1 if any)
+                            affinities of deleted nodes, empty blocks of disabled
+                            pools, dangling handles; and duplicated handles (exit 1
+                            if any)
+  ipam release --ip ADDR [--force]
+                            release one address: a leaked one, or with --force one a
+                            live pod or node holds
+  ipam release --from-report FILE
+                            release what FILE (ipam check -o json) listed as leaked
+                            and still is; say what it skipped and why
   nodes                     underlay IP, tunnel address, blocks, agent registration;
                             on a node, that node's agent /readyz (--health-address)
   routes [--node NAME]      on a node: the routes the datastore implies next to the
@@ -43,6 +52,26 @@ global flags (accepted anywhere):
   --context NAME            kubeconfig context
   -o, --output FORMAT       table (default), json or yaml; trace: also FILE.svg
 `
+
+// releaseFlags checks ipam release's flags before any API call: one
+// address, or one report.
+func releaseFlags(ip string, force bool, report string) (netip.Addr, error) {
+	switch {
+	case ip == "" && report == "":
+		return netip.Addr{}, errors.New("ipam release needs --ip ADDR or --from-report FILE")
+	case ip != "" && report != "":
+		return netip.Addr{}, errors.New("ipam release takes --ip or --from-report, not both")
+	case force && report != "":
+		return netip.Addr{}, errors.New("--force goes with --ip only: a report lists leaks, which need no force")
+	case report != "":
+		return netip.Addr{}, nil
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil || !a.Is4() {
+		return netip.Addr{}, fmt.Errorf("--ip %q is not an IPv4 address", ip)
+	}
+	return a, nil
+}
 
 // errFound is a finding, not a failure: exit status 1.
 var errFound = errors.New("problems found")
@@ -105,6 +134,9 @@ func run(ctx context.Context, name string, args []string, out io.Writer) error {
 	vethPrefix := fs.String("veth-prefix", "cali", "trace: the CNI plugin's host veth prefix")
 	nic := fs.String("nic", "", "trace: the nodes' underlay interface name (ens160)")
 	health := fs.String("health-address", calyxctl.DefaultHealthAddress, "nodes: the agent's /readyz address, asked on the node calyxctl runs on (empty: never)")
+	ip := fs.String("ip", "", "ipam release: the address")
+	force := fs.Bool("force", false, "ipam release --ip: even an address a live pod or node holds")
+	report := fs.String("from-report", "", "ipam release: the output of ipam check -o json")
 	help := fs.Bool("help", false, "")
 	fs.BoolVar(help, "h", false, "")
 	ops, err := parse(fs, args)
@@ -127,6 +159,12 @@ func run(ctx context.Context, name string, args []string, out io.Writer) error {
 	}
 	if err := calyxctl.CheckFormat(g.output); err != nil {
 		return err
+	}
+	var addr netip.Addr
+	if len(ops) > 1 && ops[0] == "ipam" && ops[1] == "release" {
+		if addr, err = releaseFlags(*ip, *force, *report); err != nil {
+			return err
+		}
 	}
 	cfg, err := calyxctl.LoadConfig(g.kubeconfig, g.context)
 	if err != nil {
@@ -151,21 +189,26 @@ func run(ctx context.Context, name string, args []string, out io.Writer) error {
 	switch ops[0] {
 	case "ipam":
 		if len(ops) < 2 {
-			return fmt.Errorf("usage: %s ipam show [--blocks] | ipam check", name)
+			return fmt.Errorf("usage: %s ipam show [--blocks] | ipam check | ipam release", name)
 		}
 		switch ops[1] {
 		case "show":
 			if err := want(2, "ipam show [--blocks]"); err != nil {
 				return err
 			}
-			return calyxctl.IPAMShow(ctx, cfg, out, g.output, *blocks)
+			return calyxctl.IPAMShow(ctx, c, out, g.output, *blocks)
 		case "check":
 			if err := want(2, "ipam check"); err != nil {
 				return err
 			}
 			return found(calyxctl.IPAMCheck(ctx, c, out, g.output))
+		case "release":
+			if err := want(2, "ipam release --ip ADDR [--force] | ipam release --from-report FILE"); err != nil {
+				return err
+			}
+			return calyxctl.IPAMRelease(ctx, c, out, g.output, addr, *force, *report)
 		}
-		return fmt.Errorf("unknown ipam command %q: use show or check", ops[1])
+		return fmt.Errorf("unknown ipam command %q: use show, check or release", ops[1])
 	case "nodes":
 		if err := want(1, "nodes"); err != nil {
 			return err

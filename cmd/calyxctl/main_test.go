@@ -50,6 +50,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--nope"}, "flag provided but not defined"},
 		{[]string{"-o", "xml", "nodes"}, "use -o table, json or yaml"},
 		{[]string{"-o", "x.svg", "nodes"}, "only trace draws diagrams"},
+		{[]string{"ipam", "release"}, "ipam release needs --ip ADDR or --from-report FILE"},
+		{[]string{"ipam", "release", "--ip", "192.168.29.67", "--from-report", "r.json"}, "not both"},
+		{[]string{"ipam", "release", "--from-report", "r.json", "--force"}, "--force goes with --ip only"},
+		{[]string{"ipam", "release", "--ip", "fd00::1"}, `--ip "fd00::1" is not an IPv4 address`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			err := run(context.Background(), "calyxctl", tc.args, io.Discard)
