@@ -198,9 +198,9 @@ func (p *pass) run(ctx context.Context) error {
 		p.allocations(ctx, &blocks[i])
 	}
 	deleted := map[string]bool{}
-	disabled := p.disabledPools(ctx)
+	pools := p.poolStates(ctx)
 	for i := range blocks {
-		if p.deleteBlock(ctx, &blocks[i]) || p.retireBlock(ctx, &blocks[i], disabled) {
+		if p.deleteBlock(ctx, &blocks[i]) || p.retireBlock(ctx, &blocks[i], pools) {
 			deleted[blocks[i].Name] = true
 		}
 	}

@@ -109,7 +109,7 @@ func TestDryRun(t *testing.T) {
 			},
 		},
 		{
-			name: "a disabled pool: its empty blocks go, one holding addresses or of an enabled pool stays",
+			name: "a disabled or deleted pool: its empty blocks go, one holding addresses or of an enabled pool stays",
 			objs: GCObjects{
 				Pools: []v1alpha1.IPPool{
 					{ObjectMeta: metav1.ObjectMeta{Name: "default"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/16", Disabled: true}},
@@ -119,10 +119,13 @@ func TestDryRun(t *testing.T) {
 					block("10.0.0.0/26", "n1", tunnelOf("n1"), podAt(2, "a-1", "a", "n1")),
 					block("10.0.0.64/26", "n2"),
 					func() v1alpha1.IPAMBlock { b := block("10.1.0.0/26", "n2"); b.Spec.Pool = "new"; return b }(),
+					func() v1alpha1.IPAMBlock { b := block("10.0.9.0/26", "n1"); b.Spec.Pool = "deleted"; return b }(),
 				},
 			},
-			want: []Finding{{Reason: ReasonBlockOfDisabledPool, Block: b2, CIDR: "10.0.0.64/26", Node: "n2",
-				Detail: "empty block of pool default, which is disabled"}},
+			want: []Finding{
+				{Reason: ReasonBlockOfDeletedPool, Block: b9, CIDR: "10.0.9.0/26", Node: "n1", Detail: "empty block of pool deleted, which no longer exists"},
+				{Reason: ReasonBlockOfDisabledPool, Block: b2, CIDR: "10.0.0.64/26", Node: "n2", Detail: "empty block of pool default, which is disabled"},
+			},
 		},
 		{
 			name: "a handle with two addresses, and an index entry pointing at nothing",

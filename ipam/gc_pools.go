@@ -10,42 +10,58 @@ import (
 	"github.com/calyx-net/calyx/api/v1alpha1"
 )
 
-// ReasonBlockOfDisabledPool: an empty block of a disabled pool, which
-// gives no new address; the pass deletes it and drops it from its node's
-// affinity. That is how a disabled pool's blocks go away as its pods do,
-// without a restart (Calico's pool migration).
-const ReasonBlockOfDisabledPool = "block-of-disabled-pool"
+// What a pass deletes of pools that give no new address.
+const (
+	// ReasonBlockOfDisabledPool: an empty block of a disabled pool; the
+	// pass deletes it and drops it from its node's affinity. That is how a
+	// disabled pool's blocks go away as its pods do, without a restart
+	// (Calico's pool migration).
+	ReasonBlockOfDisabledPool = "block-of-disabled-pool"
+	// ReasonBlockOfDeletedPool: an empty block of a pool that no longer
+	// exists, deleted the same way.
+	ReasonBlockOfDeletedPool = "block-of-deleted-pool"
+)
 
-// disabledPools are the names of the pools that are disabled, as listed.
-func (p *pass) disabledPools(ctx context.Context) map[string]bool {
+// poolStates are the listed pools, by name: whether each is disabled. nil
+// when they could not be listed: then no block is judged by its pool.
+type poolStates map[string]bool
+
+func (p *pass) poolStates(ctx context.Context) poolStates {
 	pools, err := p.r.ListPools(ctx)
 	if err != nil {
 		p.errs = append(p.errs, fmt.Errorf("listing IP pools: %w", err))
 		return nil
 	}
-	out := map[string]bool{}
+	out := poolStates{}
 	for _, pl := range pools {
-		if pl.Spec.Disabled {
-			out[pl.Name] = true
-		}
+		out[pl.Name] = pl.Spec.Disabled
 	}
 	return out
 }
 
-// retireBlock deletes listed when its pool is disabled and it holds no
-// address, confirmed on the pool and the block as they are now; it says
-// whether it did.
-func (p *pass) retireBlock(ctx context.Context, listed *v1alpha1.IPAMBlock, disabled map[string]bool) bool {
-	if !disabled[listed.Spec.Pool] || p.held(listed) > 0 {
+// retireBlock deletes listed when it holds no address and its pool is
+// disabled or gone, confirmed on the pool and the block as they are now;
+// it says whether it did.
+func (p *pass) retireBlock(ctx context.Context, listed *v1alpha1.IPAMBlock, pools poolStates) bool {
+	name := listed.Spec.Pool
+	if pools == nil || name == "" || p.held(listed) > 0 {
 		return false
 	}
-	// The list may be older than a pool enabled again, or an address
-	// allocated since; the deletion's precondition catches the rest.
-	pool, err := p.r.GetPool(ctx, listed.Spec.Pool)
-	if err != nil || !pool.Spec.Disabled {
-		if err != nil && !apierrors.IsNotFound(err) {
-			p.errs = append(p.errs, fmt.Errorf("reading pool %s: %w", listed.Spec.Pool, err))
-		}
+	if disabled, listedPool := pools[name]; listedPool && !disabled {
+		return false
+	}
+	// The list may be older than a pool enabled or created again, or than
+	// an address allocated since; the deletion's precondition catches the
+	// rest.
+	reason, why := ReasonBlockOfDisabledPool, "which is disabled"
+	pool, err := p.r.GetPool(ctx, name)
+	switch {
+	case apierrors.IsNotFound(err):
+		reason, why = ReasonBlockOfDeletedPool, "which no longer exists"
+	case err != nil:
+		p.errs = append(p.errs, fmt.Errorf("reading pool %s: %w", name, err))
+		return false
+	case !pool.Spec.Disabled:
 		return false
 	}
 	b, err := p.r.GetBlock(ctx, listed.Name)
@@ -53,15 +69,15 @@ func (p *pass) retireBlock(ctx context.Context, listed *v1alpha1.IPAMBlock, disa
 		return true
 	}
 	if err != nil {
-		p.errs = append(p.errs, fmt.Errorf("reading block %s of disabled pool %s: %w", listed.Name, pool.Name, err))
+		p.errs = append(p.errs, fmt.Errorf("reading block %s of pool %s: %w", listed.Name, name, err))
 		return false
 	}
 	if p.held(b) > 0 {
 		return false
 	}
+	detail := fmt.Sprintf("empty block of pool %s, %s", name, why)
 	if p.dry {
-		p.findings = append(p.findings, Finding{Reason: ReasonBlockOfDisabledPool, Block: b.Name, CIDR: b.Spec.CIDR, Node: b.Spec.Node,
-			Detail: fmt.Sprintf("empty block of pool %s, which is disabled", pool.Name)})
+		p.findings = append(p.findings, Finding{Reason: reason, Block: b.Name, CIDR: b.Spec.CIDR, Node: b.Spec.Node, Detail: detail})
 		return true
 	}
 	err = p.c.store.DeleteBlock(ctx, b.Name, b.ResourceVersion)
@@ -71,11 +87,11 @@ func (p *pass) retireBlock(ctx context.Context, listed *v1alpha1.IPAMBlock, disa
 	case apierrors.IsNotFound(err):
 		return true
 	case err != nil:
-		p.errs = append(p.errs, fmt.Errorf("deleting block %s of disabled pool %s: %w", b.Name, pool.Name, err))
+		p.errs = append(p.errs, fmt.Errorf("deleting block %s (%s): %w", b.Name, detail, err))
 		return false
 	}
 	p.res.BlocksDeleted = append(p.res.BlocksDeleted, b.Name)
-	p.c.log.Info("deleted an empty block of a disabled pool", "block", b.Spec.CIDR, "pool", pool.Name, "node", b.Spec.Node)
+	p.c.log.Info("deleted an empty block", "block", b.Spec.CIDR, "why", detail, "node", b.Spec.Node)
 	if err := p.dropAffinity(ctx, b.Spec.Node, b.Name); err != nil {
 		p.errs = append(p.errs, err)
 	}

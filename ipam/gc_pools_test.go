@@ -22,7 +22,7 @@ func (everything) Node(context.Context, string, bool) (bool, error) { return tru
 // TestDisabledPoolDrains follows a migration: the old pool is disabled
 // under running pods, which keep their addresses; new pods get the new
 // pool's; the old pool's blocks go as they empty, and leave their node's
-// index with them.
+// index with them. So do the blocks of a pool deleted under its pods.
 func TestDisabledPoolDrains(t *testing.T) {
 	e := newEnv(t, pool("old", "192.168.0.0/16", 30))
 	ctx := context.Background()
@@ -100,5 +100,19 @@ func TestDisabledPoolDrains(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{ipam.BlockName(a.Block)}, aff.Spec.Blocks); diff != "" {
 		t.Errorf("n1's block index after the migration (-want +got):\n%s", diff)
+	}
+
+	// A pool deleted under its pods: its blocks go once they are empty.
+	if err := e.cs.CalyxV1alpha1().IPPools().Delete(ctx, "new", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := pass(); len(got) != 0 {
+		t.Errorf("the pass deleted %v while the deleted pool's pod runs", got)
+	}
+	if _, err := m.ReleaseByHandle(ctx, "net.new"); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{ipam.BlockName(a.Block)}, pass()); diff != "" {
+		t.Errorf("blocks deleted after the deleted pool's last pod went (-want +got):\n%s", diff)
 	}
 }
