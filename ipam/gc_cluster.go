@@ -527,24 +527,8 @@ func (p *pass) deleteBlock(ctx context.Context, listed *v1alpha1.IPAMBlock) bool
 	if p.held(b) > 0 || b.Spec.Node != listed.Spec.Node {
 		return false // still lent out to live nodes' pods
 	}
-	if p.dry {
-		p.findings = append(p.findings, Finding{Reason: ReasonBlockOfDeletedNode, Block: b.Name, CIDR: b.Spec.CIDR, Node: b.Spec.Node,
-			Detail: fmt.Sprintf("block is affine to node %s, which does not exist", b.Spec.Node)})
-		return true
-	}
-	err = p.c.store.DeleteBlock(ctx, b.Name, b.ResourceVersion)
-	switch {
-	case apierrors.IsConflict(err):
-		return false // changed since: the next pass decides again
-	case apierrors.IsNotFound(err):
-		return true
-	case err != nil:
-		p.errs = append(p.errs, fmt.Errorf("deleting block %s of deleted node %s: %w", b.Name, b.Spec.Node, err))
-		return false
-	}
-	p.res.BlocksDeleted = append(p.res.BlocksDeleted, b.Name)
-	p.c.log.Info("deleted empty block of a deleted node", "block", b.Name, "cidr", b.Spec.CIDR, "node", b.Spec.Node)
-	return true
+	return p.deleteEmptyBlock(ctx, b, Finding{Reason: ReasonBlockOfDeletedNode, Block: b.Name, CIDR: b.Spec.CIDR, Node: b.Spec.Node,
+		Detail: fmt.Sprintf("block is affine to node %s, which does not exist", b.Spec.Node)})
 }
 
 // affinities deletes the block indexes of deleted nodes. Blocks of theirs

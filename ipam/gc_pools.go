@@ -75,26 +75,37 @@ func (p *pass) retireBlock(ctx context.Context, listed *v1alpha1.IPAMBlock, pool
 	if p.held(b) > 0 {
 		return false
 	}
-	detail := fmt.Sprintf("empty block of pool %s, %s", name, why)
+	f := Finding{Reason: reason, Block: b.Name, CIDR: b.Spec.CIDR, Node: b.Spec.Node, Detail: fmt.Sprintf("empty block of pool %s, %s", name, why)}
+	if !p.deleteEmptyBlock(ctx, b, f) {
+		return false
+	}
+	if !p.dry {
+		if err := p.dropAffinity(ctx, b.Spec.Node, b.Name); err != nil {
+			p.errs = append(p.errs, err)
+		}
+	}
+	return true
+}
+
+// deleteEmptyBlock deletes b at the version judged, or records f in a dry
+// run; it says whether the block is gone.
+func (p *pass) deleteEmptyBlock(ctx context.Context, b *v1alpha1.IPAMBlock, f Finding) bool {
 	if p.dry {
-		p.findings = append(p.findings, Finding{Reason: reason, Block: b.Name, CIDR: b.Spec.CIDR, Node: b.Spec.Node, Detail: detail})
+		p.findings = append(p.findings, f)
 		return true
 	}
-	err = p.c.store.DeleteBlock(ctx, b.Name, b.ResourceVersion)
+	err := p.c.store.DeleteBlock(ctx, b.Name, b.ResourceVersion)
 	switch {
 	case apierrors.IsConflict(err):
 		return false // changed since: the next pass decides again
 	case apierrors.IsNotFound(err):
 		return true
 	case err != nil:
-		p.errs = append(p.errs, fmt.Errorf("deleting block %s (%s): %w", b.Name, detail, err))
+		p.errs = append(p.errs, fmt.Errorf("deleting block %s (%s): %w", b.Name, f.Detail, err))
 		return false
 	}
 	p.res.BlocksDeleted = append(p.res.BlocksDeleted, b.Name)
-	p.c.log.Info("deleted an empty block", "block", b.Spec.CIDR, "why", detail, "node", b.Spec.Node)
-	if err := p.dropAffinity(ctx, b.Spec.Node, b.Name); err != nil {
-		p.errs = append(p.errs, err)
-	}
+	p.c.log.Info("deleted an empty block", "block", b.Spec.CIDR, "node", b.Spec.Node, "why", f.Detail)
 	return true
 }
 

@@ -607,6 +607,27 @@ func (m *IPAM) ReleaseByHandle(ctx context.Context, handle string) ([]netip.Addr
 // releaseInBlock removes the handle's allocations from a block with
 // compare-and-swap.
 func (m *IPAM) releaseInBlock(ctx context.Context, name, handle string) ([]netip.Addr, error) {
+	var released []netip.Addr
+	_, err := m.changeBlock(ctx, name, func(b *v1alpha1.IPAMBlock) (bool, error) {
+		released = nil
+		if len(allocationsOf(b, handle)) == 0 {
+			return false, nil
+		}
+		var err error
+		released, err = releaseInBlock(b, handle)
+		return err == nil, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return released, nil
+}
+
+// changeBlock applies change to the named block as it is now and writes
+// it with compare-and-swap, again on a conflict. change says whether it
+// changed anything; when it did not, or the block is gone, nothing is
+// written and the block returned is nil.
+func (m *IPAM) changeBlock(ctx context.Context, name string, change func(*v1alpha1.IPAMBlock) (bool, error)) (*v1alpha1.IPAMBlock, error) {
 	defer m.lock("block/" + name)()
 	for attempt := 0; ; attempt++ {
 		b, err := m.store.GetBlock(ctx, name)
@@ -616,16 +637,12 @@ func (m *IPAM) releaseInBlock(ctx context.Context, name, handle string) ([]netip
 		if err != nil {
 			return nil, fmt.Errorf("reading block %s: %w", name, err)
 		}
-		if len(allocationsOf(b, handle)) == 0 {
-			return nil, nil
-		}
-		released, err := releaseInBlock(b, handle)
-		if err != nil {
+		if changed, err := change(b); err != nil || !changed {
 			return nil, err
 		}
-		_, err = m.store.UpdateBlock(ctx, b)
+		updated, err := m.store.UpdateBlock(ctx, b)
 		if err == nil {
-			return released, nil
+			return updated, nil
 		}
 		if !apierrors.IsConflict(err) {
 			return nil, fmt.Errorf("updating block %s: %w", name, err)

@@ -28,34 +28,15 @@ func (m *IPAM) ReleaseAddress(ctx context.Context, addr netip.Addr, handle strin
 	if i < 0 {
 		return nil, nil
 	}
-	name := blocks[i].Name
-	defer m.lock("block/" + name)()
-	for attempt := 0; ; attempt++ {
-		b, err := m.store.GetBlock(ctx, name)
-		if apierrors.IsNotFound(err) {
-			return nil, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("reading block %s: %w", name, err)
-		}
-		removed := releaseAt(b, addr, handle)
-		if removed == nil {
-			return nil, nil
-		}
-		updated, err := m.store.UpdateBlock(ctx, b)
-		if err == nil {
-			return removed, m.unindex(ctx, updated, removed.Handle)
-		}
-		if !apierrors.IsConflict(err) {
-			return nil, fmt.Errorf("updating block %s: %w", name, err)
-		}
-		if attempt >= m.opts.MaxRetries {
-			return nil, fmt.Errorf("updating block %s: still conflicting after %d retries: %w", name, attempt, err)
-		}
-		if err := backoff(ctx, attempt); err != nil {
-			return nil, err
-		}
+	var removed *v1alpha1.Allocation
+	updated, err := m.changeBlock(ctx, blocks[i].Name, func(b *v1alpha1.IPAMBlock) (bool, error) {
+		removed = releaseAt(b, addr, handle)
+		return removed != nil, nil
+	})
+	if err != nil || updated == nil {
+		return nil, err
 	}
+	return removed, m.unindex(ctx, updated, removed.Handle)
 }
 
 // unindex brings handle's index entry in line with b after one of its

@@ -80,13 +80,7 @@ spec:
       annotations:
         calyx.dev/ipAddrs: '["%s"]'
     spec:
-      nodeSelector: {kubernetes.io/hostname: %s}
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: main
-        image: %s
-        imagePullPolicy: IfNotPresent
-`, pinnedAddr, node2, lab.Toolbox))
+%s`, pinnedAddr, specYAML(node2, "      ")))
 	apply(t, l, podYAML("default", "tftp-client", node3, ""))
 	first := ready(t, l, "default/tftp-0")
 	if first.IP != pinnedAddr {

@@ -106,13 +106,19 @@ metadata:
   namespace: %s
   annotations: {%s}
 spec:
-  nodeSelector: {kubernetes.io/hostname: %s}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: %s
-    imagePullPolicy: IfNotPresent
-`, name, namespace, annotations, node, lab.Toolbox)
+%s`, name, namespace, annotations, specYAML(node, "  "))
+}
+
+// specYAML is the spec of podYAML's pods, each line indented.
+func specYAML(node, indent string) string {
+	spec := fmt.Sprintf(`nodeSelector: {kubernetes.io/hostname: %s}
+terminationGracePeriodSeconds: 1
+containers:
+- name: main
+  image: %s
+  imagePullPolicy: IfNotPresent
+`, node, lab.Toolbox)
+	return indent + strings.ReplaceAll(strings.TrimSuffix(spec, "\n"), "\n", "\n"+indent) + "\n"
 }
 
 // waitFor polls fn until it says done, and fails t with what it last saw
