@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/calyx-net/calyx/api/v1alpha1"
 )
@@ -140,9 +141,11 @@ func (m *IPAM) choosePools(ctx context.Context, node string, use v1alpha1.IPPool
 	if err != nil {
 		return nil, fmt.Errorf("listing IP pools: %w", err)
 	}
-	// A pool created a moment ago may not be in a cached list yet.
+	// A pool created a moment ago may not be in a cached list yet. Only a
+	// name can be read by name: a CIDR ("10.0.0.0/16") would be a path.
 	for _, want := range requested {
-		if slices.ContainsFunc(all, func(p v1alpha1.IPPool) bool { return p.Name == want || p.Spec.CIDR == want }) {
+		if len(validation.IsDNS1123Subdomain(want)) > 0 ||
+			slices.ContainsFunc(all, func(p v1alpha1.IPPool) bool { return p.Name == want || p.Spec.CIDR == want }) {
 			continue
 		}
 		if p, err := m.store.GetPool(ctx, want); err == nil {

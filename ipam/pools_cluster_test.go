@@ -164,6 +164,7 @@ func TestRequestedPools(t *testing.T) {
 				names string
 			}{
 				{[]string{"nope"}, ipam.ErrUnknownPool, `"nope"`},
+				{[]string{"172.16.0.0/16"}, ipam.ErrUnknownPool, `"172.16.0.0/16"`}, // not a name to read by
 				{[]string{"blue", "old"}, ipam.ErrPoolDisabled, "old (10.70.0.0/16) is disabled"},
 			} {
 				if _, err := assign(ipam.Request{Pools: tc.pools}); !errors.Is(err, tc.err) || !strings.Contains(err.Error(), tc.names) {
