@@ -12,6 +12,7 @@ import (
 
 	"github.com/calyx-net/calyx/api/v1alpha1"
 	"github.com/calyx-net/calyx/ipam"
+	"github.com/calyx-net/calyx/lab"
 )
 
 // The pool the cluster migrates to.
@@ -52,6 +53,7 @@ func TestMigration(t *testing.T) {
 	if err := ping.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { ping.Process.Kill() }) // ours; gone already unless the test stopped early
 	time.Sleep(2 * time.Second) // traffic flows before the change
 
 	// Steps 1 and 2: the new pool, the old one disabled.
@@ -94,7 +96,22 @@ func TestMigration(t *testing.T) {
 	kubectl(t, l, "", "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=2m")
 
 	// Step 4: the garbage collector deletes the old pool's blocks as they
-	// empty (one pass a minute), and the nodes their routes.
+	// empty, and the nodes their routes.
+	drained(t, l)
+
+	// Step 5: the old pool goes; pods of the new one talk across nodes.
+	kubectl(t, l, "", "delete", "ippool", defaultPool)
+	apply(t, l, podYAML("default", "new-a", node2, ""))
+	newA := ready(t, l, "default/new-a")
+	if out, err := l.Client().Output(ctx, "default/new-a", "ping", "-c", "3", "-W", "2", newB.IP); err != nil || !prefixHas("10.90.0.0/16", newA.IP) {
+		t.Errorf("new-a (%s) pinging new-b (%s) after the old pool was deleted: %v\n%s", newA.IP, newB.IP, err, out)
+	}
+}
+
+// drained waits until the old pool has no block (the garbage collector
+// runs a pass a minute) and no node a route to one.
+func drained(t *testing.T, l *lab.Lab) {
+	t.Helper()
 	took := waitFor(t, 4*time.Minute, "the old pool without blocks", func() (bool, string) {
 		var u ipam.Usage
 		ctlJSON(t, l, &u, "ipam", "show", "--blocks")
@@ -117,13 +134,5 @@ func TestMigration(t *testing.T) {
 			}
 			return true, r
 		})
-	}
-
-	// Step 5: the old pool goes; pods of the new one talk across nodes.
-	kubectl(t, l, "", "delete", "ippool", defaultPool)
-	apply(t, l, podYAML("default", "new-a", node2, ""))
-	newA := ready(t, l, "default/new-a")
-	if out, err := l.Client().Output(ctx, "default/new-a", "ping", "-c", "3", "-W", "2", newB.IP); err != nil || !prefixHas("10.90.0.0/16", newA.IP) {
-		t.Errorf("new-a (%s) pinging new-b (%s) after the old pool was deleted: %v\n%s", newA.IP, newB.IP, err, out)
 	}
 }
