@@ -54,7 +54,7 @@ func TestMigration(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ping.Process.Kill() }) // ours; gone already unless the test stopped early
-	time.Sleep(2 * time.Second) // traffic flows before the change
+	time.Sleep(2 * time.Second)               // traffic flows before the change
 
 	// Steps 1 and 2: the new pool, the old one disabled.
 	apply(t, l, newPool)
