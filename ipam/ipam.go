@@ -166,8 +166,9 @@ func (m *IPAM) assign(ctx context.Context, node, handle string, alloc v1alpha1.A
 	}
 	defer m.lock("node/" + node)()
 
-	// The fast path reads only by name: the handle, the node's affinity,
-	// its blocks and their pools.
+	// The fast path reads by name only (the handle, the node's affinity,
+	// its blocks and their pools), and lists the pools only when some are
+	// asked for by name or CIDR.
 	own, err := m.nodeBlocks(ctx, node)
 	if err != nil {
 		return Assignment{}, err

@@ -53,8 +53,9 @@ func TestMigration(t *testing.T) {
 	if err := ping.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ping.Process.Kill() }) // ours; gone already unless the test stopped early
-	time.Sleep(2 * time.Second)               // traffic flows before the change
+	// Ours to stop, should the test end before ping does.
+	t.Cleanup(func() { ping.Process.Kill() })
+	time.Sleep(2 * time.Second) // traffic flows before the change
 
 	// Steps 1 and 2: the new pool, the old one disabled.
 	apply(t, l, newPool)
