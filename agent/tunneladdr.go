@@ -36,6 +36,8 @@ func tunnelMove(addr netip.Addr, node string, nodeLabels map[string]string, pool
 		why = fmt.Sprintf("its pool %s is disabled", own.Name)
 	case !own.Spec.Allows(v1alpha1.IPPoolUseTunnel):
 		why = fmt.Sprintf("its pool %s no longer allows Tunnel", own.Name)
+	case own.Spec.Manual():
+		why = fmt.Sprintf("its pool %s is kept for those who ask (assignmentMode Manual)", own.Name)
 	default:
 		return ""
 	}

@@ -19,6 +19,7 @@ func TestTunnelMove(t *testing.T) {
 	}
 	off := func(s *v1alpha1.IPPoolSpec) { s.Disabled = true }
 	podsOnly := func(s *v1alpha1.IPPoolSpec) { s.AllowedUses = []v1alpha1.IPPoolUse{v1alpha1.IPPoolUseWorkload} }
+	manual := func(s *v1alpha1.IPPoolSpec) { s.AssignmentMode = v1alpha1.AssignmentManual }
 	zoneB := func(s *v1alpha1.IPPoolSpec) {
 		s.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"zone": "b"}}
 	}
@@ -33,6 +34,8 @@ func TestTunnelMove(t *testing.T) {
 		{"disabled, and no pool for tunnels", []*v1alpha1.IPPool{pool("old", "192.168.0.0/16", off), pool("new", "10.50.0.0/16", podsOnly)}, ""},
 		{"disabled, and the other pool selects other nodes", []*v1alpha1.IPPool{pool("old", "192.168.0.0/16", off), pool("new", "10.50.0.0/16", zoneB)}, ""},
 		{"pods only now", []*v1alpha1.IPPool{pool("old", "192.168.0.0/16", podsOnly), pool("tunnels", "10.99.0.0/24")}, "its pool old no longer allows Tunnel"},
+		{"its pool made Manual", []*v1alpha1.IPPool{pool("old", "192.168.0.0/16", manual), pool("new", "10.50.0.0/16")}, "its pool old is kept for those who ask (assignmentMode Manual)"},
+		{"disabled, and the other pool is Manual", []*v1alpha1.IPPool{pool("old", "192.168.0.0/16", off), pool("new", "10.50.0.0/16", manual)}, ""},
 		{"deleted", []*v1alpha1.IPPool{pool("new", "10.50.0.0/16")}, "no IPPool holds it any more"},
 		{"the most specific pool decides", []*v1alpha1.IPPool{pool("wide", "192.168.0.0/16", off), pool("narrow", "192.168.29.0/24")}, ""},
 		{"no longer selected: kept, as blocks are", []*v1alpha1.IPPool{pool("old", "192.168.0.0/16", zoneB), pool("new", "10.50.0.0/16")}, ""},

@@ -17,8 +17,8 @@ import (
 )
 
 // Which pools an allocation may take addresses from: the ones asked for
-// (by name or CIDR, in the order given) or every pool, less those that
-// are disabled, are not for the address's use (allowedUses), or do not
+// (by name or CIDR, in the order given) or every pool not kept for those
+// who ask (assignmentMode Manual), less those that are disabled, are not for the address's use (allowedUses), or do not
 // select the node (nodeSelector). Borrowing and claiming go through the
 // same choice, so an address never comes from a pool that refuses it.
 
@@ -51,9 +51,11 @@ func SelectorString(p *v1alpha1.IPPool) string {
 }
 
 // Refuses says why p may not give node, with these labels, an address for
-// use, or "" when it may: the rule every allocation follows.
+// use that names no pool (a node's tunl0 address), or "" when it may: the
+// rule every allocation follows.
 func Refuses(p *v1alpha1.IPPool, node string, use v1alpha1.IPPoolUse, nodeLabels map[string]string) string {
-	why, _ := unusable(p, node, use, func() (map[string]string, error) { return nodeLabels, nil })
+	c := &poolChoice{node: node, use: use, read: true, labels: nodeLabels}
+	why, _ := c.refuses(context.Background(), p)
 	return why
 }
 
@@ -187,11 +189,21 @@ func (c *poolChoice) rank(ctx context.Context, p *v1alpha1.IPPool) (rank int, ok
 			return 0, false, nil
 		}
 	}
-	why, err := unusable(p, c.node, c.use, c.nodeLabels(ctx))
+	why, err := c.refuses(ctx, p)
 	if err != nil || why != "" {
 		return 0, false, err
 	}
 	return rank, true, nil
+}
+
+// refuses says why p cannot serve this allocation, or "" when it can: a
+// pool kept for those who ask (assignmentMode Manual) serves only a choice
+// that names it; then the rule every allocation follows.
+func (c *poolChoice) refuses(ctx context.Context, p *v1alpha1.IPPool) (string, error) {
+	if c.order == nil && p.Spec.Manual() {
+		return "assignmentMode Manual: only for pods and namespaces that ask for it (calyx.dev/ipv4pools)", nil
+	}
+	return unusable(p, c.node, c.use, c.nodeLabels(ctx))
 }
 
 // rankByName is rank for the pool of that name, read once per choice; a
@@ -234,7 +246,7 @@ func (c *poolChoice) pools(ctx context.Context) ([]v1alpha1.IPPool, error) {
 	var why []string
 	for i := range all {
 		p := &all[i]
-		reason, err := unusable(p, c.node, c.use, c.nodeLabels(ctx))
+		reason, err := c.refuses(ctx, p)
 		if err != nil {
 			return nil, err
 		}

@@ -184,6 +184,48 @@ func TestRequestedPools(t *testing.T) {
 	}
 }
 
+// TestManualPools: a pool with assignmentMode Manual serves only those who
+// name it; a pod that names no pool, or a node's tunl0, gets an address of
+// another, even on a node that already has a block of the Manual pool.
+func TestManualPools(t *testing.T) {
+	e := newEnv(t,
+		pool("default", "192.168.0.0/16", 26),
+		poolWith("reserved", "10.80.0.0/16", 26, func(s *v1alpha1.IPPoolSpec) { s.AssignmentMode = v1alpha1.AssignmentManual }),
+	)
+	ctx := context.Background()
+	m := ipam.New(ipam.NewKubeStore(e.cs), ipam.Options{})
+	asked, err := m.Assign(ctx, "n1", "net.asked", ipam.Attrs{}, ipam.Request{Pools: []string{"reserved"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := m.AutoAssign(ctx, "n1", "net.plain", ipam.Attrs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tun, err := m.AssignTunnelAddress(ctx, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []string{e.inPool(t, asked.Addr), e.inPool(t, plain.Addr), e.inPool(t, tun.Addr)}
+	if diff := cmp.Diff([]string{"reserved", "default", "default"}, got); diff != "" {
+		t.Errorf("pools of the asking pod, the plain pod and tunl0 (-want +got):\n%s", diff)
+	}
+
+	only := ipam.New(ipam.NewKubeStore(e.cs), ipam.Options{})
+	p, err := e.cs.CalyxV1alpha1().IPPools().Get(ctx, "default", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Spec.Disabled = true
+	if _, err := e.cs.CalyxV1alpha1().IPPools().Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = only.AutoAssign(ctx, "n2", "net.n2", ipam.Attrs{})
+	if !errors.Is(err, ipam.ErrNoPool) || !strings.Contains(err.Error(), "reserved (10.80.0.0/16): assignmentMode Manual") {
+		t.Errorf("a plain pod with only a Manual pool enabled = %v, want ErrNoPool saying why", err)
+	}
+}
+
 // TestAllowedUses: a pool for tunnels never gives a pod its address, a
 // pool for pods never a node its tunl0's.
 func TestAllowedUses(t *testing.T) {

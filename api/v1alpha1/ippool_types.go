@@ -32,6 +32,20 @@ const (
 	IPPoolUseTunnel IPPoolUse = "Tunnel"
 )
 
+// IPPoolAssignmentMode says whether a pool gives addresses to anyone, or
+// only to those who ask for it, as Calico's IPPool assignmentMode names it.
+// +kubebuilder:validation:Enum=Automatic;Manual
+type IPPoolAssignmentMode string
+
+const (
+	// AssignmentAutomatic: any allocation the pool selects may use it.
+	AssignmentAutomatic IPPoolAssignmentMode = "Automatic"
+	// AssignmentManual: only allocations that name the pool (the
+	// calyx.dev/ipv4pools annotation, the conflist's ipam.pools) or one of
+	// its addresses (calyx.dev/ipAddrs) use it.
+	AssignmentManual IPPoolAssignmentMode = "Manual"
+)
+
 // IPPoolSpec is a range of pod addresses and how traffic between them travels.
 type IPPoolSpec struct {
 	// CIDR is the IPv4 range pod addresses are taken from, e.g. 192.168.0.0/16.
@@ -76,7 +90,18 @@ type IPPoolSpec struct {
 	// +listType=set
 	// +optional
 	AllowedUses []IPPoolUse `json:"allowedUses,omitempty"`
+
+	// AssignmentMode Manual keeps the pool for the pods and namespaces that
+	// ask for it: a pod that asks for no pool never gets one of its
+	// addresses, nor does a node's tunl0. Automatic (the default) lets every
+	// allocation the pool selects use it.
+	// +kubebuilder:default=Automatic
+	// +optional
+	AssignmentMode IPPoolAssignmentMode `json:"assignmentMode,omitempty"`
 }
+
+// Manual says whether the pool gives addresses only to those who ask for it.
+func (s *IPPoolSpec) Manual() bool { return s.AssignmentMode == AssignmentManual }
 
 // Allows says whether the pool's addresses may be used for use; a pool
 // that names no uses (one read without the API server's defaults) allows
@@ -97,6 +122,7 @@ func (s *IPPoolSpec) Allows(use IPPoolUse) bool {
 // +kubebuilder:printcolumn:name="NAT",type=boolean,JSONPath=`.spec.natOutgoing`
 // +kubebuilder:printcolumn:name="DISABLED",type=boolean,JSONPath=`.spec.disabled`
 // +kubebuilder:printcolumn:name="USES",type=string,JSONPath=`.spec.allowedUses`
+// +kubebuilder:printcolumn:name="ASSIGNMENT",type=string,JSONPath=`.spec.assignmentMode`
 // +kubebuilder:printcolumn:name="AGE",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="!isCIDR(self.spec.cidr) || !has(self.spec.blockSize) || self.spec.blockSize >= cidr(self.spec.cidr).prefixLength()",message="blockSize must not be shorter than the pool's prefix length"
 type IPPool struct {

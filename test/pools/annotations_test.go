@@ -21,6 +21,7 @@ spec:
   cidr: 10.80.0.0/16
   blockSize: 26
   allowedUses: [Workload]
+  assignmentMode: Manual
 ---
 apiVersion: calyx.dev/v1alpha1
 kind: IPPool
@@ -30,6 +31,7 @@ spec:
   cidr: 10.81.0.0/16
   blockSize: 26
   allowedUses: [Workload]
+  assignmentMode: Manual
 ---
 apiVersion: v1
 kind: Namespace
