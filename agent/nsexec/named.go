@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -50,9 +52,14 @@ func CreateNamed(name string) error {
 	})
 }
 
-// DeleteNamed removes the named namespace; a missing one is fine.
+// DeleteNamed removes the named namespace; a missing one is fine, and so
+// is a name that no longer holds a namespace (a plain file, as a reboot
+// or a restored snapshot leaves one where /run is on disk).
 func DeleteNamed(name string) error {
 	err := netns.DeleteNamed(name)
+	if errors.Is(err, unix.EINVAL) {
+		err = os.Remove(NamedPath(name))
+	}
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("deleting network namespace %s: %w", name, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -85,6 +86,27 @@ func TestNamed(t *testing.T) {
 	}
 	if got, want := NamedPath("/proc/1/ns/net"), "/proc/1/ns/net"; got != want {
 		t.Errorf("NamedPath of an absolute path = %q, want %q", got, want)
+	}
+}
+
+// A name left as a plain file, with no namespace behind it (a reboot with
+// /run on disk), is what `ip netns list` still shows: DeleteNamed clears it.
+func TestDeleteNamedStaleFile(t *testing.T) {
+	b := make([]byte, 3)
+	rand.Read(b)
+	name := "cx-nsexec-stale-" + hex.EncodeToString(b)
+	if err := os.MkdirAll(NamedDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(NamedPath(name), nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(NamedPath(name)) })
+	if err := DeleteNamed(name); err != nil {
+		t.Fatalf("DeleteNamed of a stale name: %v", err)
+	}
+	if _, err := os.Stat(NamedPath(name)); err == nil {
+		t.Errorf("%s is still there", NamedPath(name))
 	}
 }
 
