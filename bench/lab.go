@@ -2,13 +2,10 @@ package bench
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/calyx-net/calyx/agent/nsexec"
 	"github.com/calyx-net/calyx/lab"
 )
 
@@ -38,26 +35,12 @@ func (l *Lab) Others(name string) []string {
 	return o
 }
 
-// upLab waits for any other lab on the machine to go (the namespaces have
-// fixed names), then brings one up.
+// upLab brings a lab up, once any other lab on the machine has gone (the
+// namespaces have fixed names).
 func upLab(ctx context.Context, e *Env) (*Lab, error) {
-	deadline := time.Now().Add(5 * time.Minute)
-	for {
-		if _, err := os.Stat(nsexec.NamedPath(lab.ControlPlaneNode)); err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("another lab (namespace %s) is still up after 5 minutes: run `calyx-lab down` or wait, and run make bench under `flock /tmp/calyx-lab.lock`", lab.ControlPlaneNode)
-		}
-		e.Logf("lab: another lab is up; waiting")
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(5 * time.Second):
-		}
-	}
 	dir := filepath.Join(e.Dir, "lab")
-	l, err := lab.Up(ctx, lab.Options{Dir: dir, BinDir: e.Opts.BinDir, ReferenceCNI: true, Progress: prefixWriter{e, "lab: "}})
+	l, err := lab.Up(ctx, lab.Options{Dir: dir, BinDir: e.Opts.BinDir, ReferenceCNI: true,
+		WaitForSlot: 10 * time.Minute, Progress: prefixWriter{e, "lab: "}})
 	if err != nil {
 		return nil, err
 	}

@@ -71,11 +71,10 @@ func golden(t *testing.T, name, got string) {
 // pods, as a user would: the binary, its exit status and its output.
 func TestLab(t *testing.T) {
 	binDir := buildBinaries(t)
-	labtest.WaitNoLab(t, 5*time.Minute)
 	dir := filepath.Join(t.TempDir(), "lab")
 	// No deadline on Up: on a fresh machine it builds the Kubernetes
 	// binaries first (minutes), and each of its steps has its own timeout.
-	l, err := lab.Up(context.Background(), lab.Options{Dir: dir, BinDir: binDir, Progress: labtest.Log(t)})
+	l, err := lab.Up(context.Background(), lab.Options{Dir: dir, BinDir: binDir, WaitForSlot: labtest.SlotWait, Progress: labtest.Log(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -68,6 +69,9 @@ type Options struct {
 	// ReferenceCNI gives every node's containerd the runtime handler
 	// node.RefCNIHandler, for the bench's reference sandboxes.
 	ReferenceCNI bool
+	// WaitForSlot is how long Up waits for another lab on this machine
+	// to go (see SlotFile); 0 fails at once and says whose lab it is.
+	WaitForSlot time.Duration
 	// Progress receives a line per step, with its duration.
 	Progress io.Writer
 	Logger   *slog.Logger
@@ -85,6 +89,8 @@ type Lab struct {
 	// kubeProcs are kube-scheduler and kube-controller-manager.
 	kubeProcs  []*process
 	kernelNode *KernelNode
+	// slot is the machine's lab slot, held until Down (see SlotFile).
+	slot *os.File
 }
 
 // NodeName is the name of worker i (0-based): learn-k8s-2, learn-k8s-3, …
@@ -160,7 +166,11 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err := preflight(opts); err != nil {
 		return nil, err
 	}
-	l := &Lab{opts: opts, nodes: map[string]*node.Node{}}
+	slot, err := takeSlot(ctx, opts.Dir, opts.WaitForSlot, opts.Progress)
+	if err != nil {
+		return nil, err
+	}
+	l := &Lab{opts: opts, nodes: map[string]*node.Node{}, slot: slot}
 	defer func() {
 		if err != nil {
 			if kept := l.keepLogs(); kept != "" {
@@ -202,24 +212,13 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	return l, nil
 }
 
-// preflight refuses to start where a lab runs already, and says what the
-// machine lacks.
+// preflight says what the machine lacks. (Another lab on the machine is
+// the slot's business: see takeSlot.)
 func preflight(opts Options) error {
 	if err := checkBinaries(opts.BinDir); err != nil {
 		return err
 	}
-	if err := checkHostPackages(opts.Progress, opts.Conformance, opts.KernelNode); err != nil {
-		return err
-	}
-	if _, err := ReadState(opts.Dir); err == nil {
-		return fmt.Errorf("a lab is already up in %s: use it, or run `calyx-lab down` first", opts.Dir)
-	}
-	// The namespaces have fixed names: a second lab, from another
-	// directory, would take over the first one's nodes.
-	if _, err := os.Stat(nsexec.NamedPath(ControlPlaneNode)); err == nil {
-		return fmt.Errorf("network namespace %s exists: another lab is up on this machine; run `calyx-lab down --dir <its dir>` (or `ip netns del` its namespaces) first", ControlPlaneNode)
-	}
-	return nil
+	return checkHostPackages(opts.Progress, opts.Conformance, opts.KernelNode)
 }
 
 // setupNetwork creates the underlay, the internet and the nodes'
@@ -305,17 +304,17 @@ func down(dir string, l *Lab) error {
 				errs = append(errs, err)
 			}
 		}
-	} else if s.SupervisorPID > 0 && s.SupervisorPID != os.Getpid() {
+	} else if s.SupervisorPID != os.Getpid() && ours(s.SupervisorPID, dir) {
 		// The supervisor stops the control plane and the nodes itself.
 		stopPID(s.SupervisorPID, 20*time.Second)
 	}
 	// Whatever is left (a supervisor that died): a node's init takes its
 	// whole PID namespace with it.
 	for _, n := range s.Nodes {
-		killPID(n.InitPID)
+		killPID(n.InitPID, dir)
 	}
 	for _, pid := range s.KubePIDs {
-		killPID(pid)
+		killPID(pid, dir)
 	}
 	if s.Cgroup != "" {
 		if err := cgroups.Remove(s.Hierarchies, s.Cgroup, s.CgroupsCreated); err != nil {
@@ -326,21 +325,18 @@ func down(dir string, l *Lab) error {
 	if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, err)
 	}
+	if l != nil && l.slot != nil {
+		l.slot.Close() // frees the slot: the next lab may come up
+		l.slot = nil
+	}
 	return errors.Join(errs...)
 }
 
 // deleteNamespaces deletes the lab's network namespaces: the state's, and
 // the fixed names, should the state file be gone.
 func deleteNamespaces(s *State) []error {
-	names := map[string]bool{ControlPlaneNode: true, UnderlayNS: true, InternetNS: true}
-	for _, n := range s.Nodes {
-		names[n.NetNS] = true
-	}
-	for i := 0; i < 16; i++ {
-		names[NodeName(i)] = true
-	}
 	var errs []error
-	for n := range names {
+	for _, n := range labNamespaceNames(s) {
 		if err := nsexec.DeleteNamed(n); err != nil {
 			errs = append(errs, err)
 		}
@@ -348,9 +344,25 @@ func deleteNamespaces(s *State) []error {
 	return errs
 }
 
-// killPID ends a process the lab started, if it still runs.
-func killPID(pid int) {
-	if pid > 0 {
+// labNamespaceNames are the state's namespaces and the fixed names.
+func labNamespaceNames(s *State) []string {
+	names := []string{ControlPlaneNode, UnderlayNS, InternetNS}
+	for _, n := range s.Nodes {
+		if n.NetNS != "" && !slices.Contains(names, n.NetNS) {
+			names = append(names, n.NetNS)
+		}
+	}
+	for i := 0; i < 16; i++ {
+		if !slices.Contains(names, NodeName(i)) {
+			names = append(names, NodeName(i))
+		}
+	}
+	return names
+}
+
+// killPID ends a process the lab in dir started, if it still runs.
+func killPID(pid int, dir string) {
+	if ours(pid, dir) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }

@@ -37,25 +37,10 @@ func Namespaces() ([]string, error) {
 	return found, nil
 }
 
-// WaitNoLab waits while another lab (another package's, or `calyx-lab
-// up`'s) is up, and fails t if it does not go within timeout.
-func WaitNoLab(t testing.TB, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ns, err := Namespaces()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(ns) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a lab is up (%v) and did not go within %s: run `calyx-lab down`", ns, timeout)
-		}
-		time.Sleep(3 * time.Second)
-	}
-}
+// SlotWait is how long a test package's lab waits for another package's
+// (or `calyx-lab up`'s) to go: `go test -p 1` runs one package at a time,
+// but a user may run two.
+const SlotWait = 10 * time.Minute
 
 // Log is a writer into t's log, a line a write: the lab's progress.
 func Log(t testing.TB) io.Writer { return logWriter{t} }
@@ -120,7 +105,8 @@ func LeftOver(dir, mountsBefore string) []string {
 // Shared is a test package's lab: up with the first test that asks for
 // it, down in Close, after the last.
 type Shared struct {
-	// Options are the lab's; Get sets Dir and, when nil, Progress.
+	// Options are the lab's; Get sets Dir and, when zero, WaitForSlot
+	// and Progress.
 	Options lab.Options
 
 	once         sync.Once
@@ -130,12 +116,11 @@ type Shared struct {
 	err          error
 }
 
-// Get brings the lab up on its first call, after any other lab has gone,
-// and fails t if it could not.
+// Get brings the lab up on its first call, once any other lab has gone,
+// and fails t (and every later caller) if it could not.
 func (s *Shared) Get(t *testing.T) *lab.Lab {
 	t.Helper()
 	s.once.Do(func() {
-		WaitNoLab(t, 5*time.Minute)
 		tmp, err := os.MkdirTemp("", "calyx-test-lab-")
 		if err != nil {
 			s.err = err
@@ -144,6 +129,9 @@ func (s *Shared) Get(t *testing.T) *lab.Lab {
 		s.dir, s.mountsBefore = filepath.Join(tmp, "lab"), Mounts()
 		opts := s.Options
 		opts.Dir = s.dir
+		if opts.WaitForSlot == 0 {
+			opts.WaitForSlot = SlotWait
+		}
 		if opts.Progress == nil {
 			opts.Progress = Log(t)
 		}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/calyx-net/calyx/lab"
 	"github.com/calyx-net/calyx/lab/conformance"
@@ -21,9 +20,8 @@ func TestGranularPodChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(bin)
-	labtest.WaitNoLab(t, 5*time.Minute)
 	results, err := lab.Conformance(context.Background(), lab.ConformanceOptions{
-		Lab:   lab.Options{Dir: filepath.Join(t.TempDir(), "lab"), BinDir: bin},
+		Lab:   lab.Options{Dir: filepath.Join(t.TempDir(), "lab"), BinDir: bin, WaitForSlot: labtest.SlotWait},
 		Tests: conformance.Bounded, ReportDir: t.TempDir(), Out: labtest.Log(t),
 	})
 	if err != nil {

@@ -58,7 +58,6 @@ func sharedLab(t *testing.T) *lab.Lab { return shared.Get(t) }
 // TestDemo runs `make demo`'s scenario and checks it reports success and
 // cleans up after itself.
 func TestDemo(t *testing.T) {
-	labtest.WaitNoLab(t, 3*time.Minute)
 	dir := filepath.Join(t.TempDir(), "lab")
 	out := t.TempDir()
 	var log strings.Builder
@@ -70,7 +69,7 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = lab.Demo(context.Background(), lab.DemoOptions{Lab: lab.Options{Dir: dir, BinDir: relBin}, OutDir: out, Out: &log})
+	err = lab.Demo(context.Background(), lab.DemoOptions{Lab: lab.Options{Dir: dir, BinDir: relBin, WaitForSlot: labtest.SlotWait}, OutDir: out, Out: &log})
 	t.Logf("demo output:\n%s", log.String())
 	if err != nil {
 		t.Fatal(err)

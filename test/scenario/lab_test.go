@@ -6,9 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
-	"time"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -50,18 +48,9 @@ func TestOnLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(bin)
-	// Other test packages bring labs up too: wait for theirs to go, and
-	// again if one came up in between.
-	var l *lab.Lab
-	for deadline := time.Now().Add(5 * time.Minute); ; {
-		labtest.WaitNoLab(t, time.Until(deadline))
-		l, err = lab.Up(ctx, lab.Options{Dir: filepath.Join(t.TempDir(), "lab"), BinDir: bin, Progress: labtest.Log(t)})
-		if err == nil {
-			break
-		}
-		if !strings.Contains(err.Error(), "another lab is up") || time.Now().After(deadline) {
-			t.Fatal(err)
-		}
+	l, err := lab.Up(ctx, lab.Options{Dir: filepath.Join(t.TempDir(), "lab"), BinDir: bin, WaitForSlot: labtest.SlotWait, Progress: labtest.Log(t)})
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if err := l.Down(); err != nil {
