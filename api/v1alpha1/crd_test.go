@@ -36,7 +36,7 @@ func TestCRDsOnRealAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantPool := v1alpha1.IPPoolSpec{CIDR: "192.168.0.0/16", BlockSize: 26, IPIPMode: v1alpha1.IPIPModeAlways, NATOutgoing: true,
-		AllowedUses: []v1alpha1.IPPoolUse{v1alpha1.IPPoolUseWorkload, v1alpha1.IPPoolUseTunnel}}
+		AllowedUses: []v1alpha1.IPPoolUse{v1alpha1.IPPoolUseWorkload, v1alpha1.IPPoolUseTunnel}, AssignmentMode: v1alpha1.AssignmentAutomatic}
 	if diff := cmp.Diff(wantPool, got.Spec); diff != "" {
 		t.Errorf("IPPool read back with defaults (-want +got):\n%s", diff)
 	}
