@@ -26,7 +26,8 @@ import (
 //
 //	plain  routed on the underlay without encapsulation (the ceiling)
 //	vxlan  the kernel's VXLAN device (what Calico and flannel use without IPIP)
-//	ipip   calyx's eBPF IPIP datapath through tunl0
+//	ipip   calyx's eBPF IPIP datapath through tunl0, observable mode
+//	ipip-fast  the same in the fast mode (nothing captures on tunl0)
 //
 // with 1 and 4 parallel streams, interleaved round by round so that drift
 // of the machine hits all three alike, and prints a markdown table. It needs
@@ -74,7 +75,13 @@ func BenchmarkPodToPod(b *testing.B) {
 			n.replaceRoute(b, "vxlan.calyx", n.remote.tunnelIP, true)
 		}},
 		{"ipip", tunnelMTU, func(n *labNode) {
+			must(b, n.dp.(*EBPF).SetObserved(true), n.name+": SetObserved")
 			must(b, n.dp.Set(n.config()), n.name+": Set") // puts the NIC program back
+			n.routeViaTunnel(b)
+		}},
+		{"ipip-fast", tunnelMTU, func(n *labNode) {
+			must(b, n.dp.(*EBPF).SetObserved(false), n.name+": SetObserved")
+			must(b, n.dp.Set(n.config()), n.name+": Set")
 			n.routeViaTunnel(b)
 		}},
 	}

@@ -19,7 +19,8 @@ type calyxConfig struct {
 	NicIfindex   uint32
 	Tunl0Ifindex uint32
 	Tunl0Mac     [6]uint8
-	Pad          [2]uint8
+	Fast         uint8
+	Pad          uint8
 }
 
 type calyxCounters struct {
@@ -43,12 +44,13 @@ type calyxLpmKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	calyxMapCalyxConfig  = "calyx_config"
-	calyxMapCalyxStats   = "calyx_stats"
-	calyxMapNodeIps      = "node_ips"
-	calyxMapRemoteBlocks = "remote_blocks"
-	calyxProgCalyxDecap  = "calyx_decap"
-	calyxProgCalyxEncap  = "calyx_encap"
+	calyxMapCalyxConfig     = "calyx_config"
+	calyxMapCalyxStats      = "calyx_stats"
+	calyxMapNodeIps         = "node_ips"
+	calyxMapRemoteBlocks    = "remote_blocks"
+	calyxProgCalyxDecap     = "calyx_decap"
+	calyxProgCalyxEncap     = "calyx_encap"
+	calyxProgCalyxEncapFast = "calyx_encap_fast"
 )
 
 // loadCalyx returns the embedded CollectionSpec for calyx.
@@ -93,8 +95,9 @@ type calyxSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type calyxProgramSpecs struct {
-	CalyxDecap *ebpf.ProgramSpec `ebpf:"calyx_decap"`
-	CalyxEncap *ebpf.ProgramSpec `ebpf:"calyx_encap"`
+	CalyxDecap     *ebpf.ProgramSpec `ebpf:"calyx_decap"`
+	CalyxEncap     *ebpf.ProgramSpec `ebpf:"calyx_encap"`
+	CalyxEncapFast *ebpf.ProgramSpec `ebpf:"calyx_encap_fast"`
 }
 
 // calyxMapSpecs contains maps before they are loaded into the kernel.
@@ -158,14 +161,16 @@ type calyxVariables struct {
 //
 // It can be passed to loadCalyxObjects or ebpf.CollectionSpec.LoadAndAssign.
 type calyxPrograms struct {
-	CalyxDecap *ebpf.Program `ebpf:"calyx_decap"`
-	CalyxEncap *ebpf.Program `ebpf:"calyx_encap"`
+	CalyxDecap     *ebpf.Program `ebpf:"calyx_decap"`
+	CalyxEncap     *ebpf.Program `ebpf:"calyx_encap"`
+	CalyxEncapFast *ebpf.Program `ebpf:"calyx_encap_fast"`
 }
 
 func (p *calyxPrograms) Close() error {
 	return _CalyxClose(
 		p.CalyxDecap,
 		p.CalyxEncap,
+		p.CalyxEncapFast,
 	)
 }
 

@@ -60,8 +60,9 @@ const (
 	filterPriority = 0xca1
 	filterHandle   = 1
 
-	encapFilterPrefix = "calyx_encap"
-	decapFilterPrefix = "calyx_decap"
+	encapFilterPrefix     = "calyx_encap"
+	decapFilterPrefix     = "calyx_decap"
+	encapFastFilterPrefix = "calyx_encap_fast"
 )
 
 // objectHash identifies the embedded programs in the filter names.
@@ -89,6 +90,9 @@ type EBPF struct {
 	nic    string
 	swept  bool
 	closed bool
+	// observed says a packet socket may see tunl0 (SetObserved): the
+	// programs keep tunl0's device passes. Until told otherwise, they do.
+	observed bool
 }
 
 var _ Datapath = (*EBPF)(nil)
@@ -103,7 +107,7 @@ func newEBPF(h *netlink.Handle, opts Options) (*EBPF, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the embedded BPF programs: %w (rebuild the agent)", err)
 	}
-	return &EBPF{h: h, log: opts.Logger.With("datapath", ModeEBPF), spec: spec}, nil
+	return &EBPF{h: h, log: opts.Logger.With("datapath", ModeEBPF), spec: spec, observed: true}, nil
 }
 
 // isEBPFDevice says whether link is tunl0 as the eBPF datapath makes it.
@@ -180,6 +184,9 @@ func (d *EBPF) Set(cfg desired.TunnelConfig) error {
 		return fmt.Errorf("%s has no Ethernet address (%v): delete it (ip link del %s) and let the agent recreate it", DeviceName, tunMAC, DeviceName)
 	}
 	want := configValue(cfg.UnderlayIP, nic.Attrs().Index, tun.Attrs().Index, tunMAC)
+	if !d.observed {
+		want.Fast = 1
+	}
 	if err := d.syncConfig(want); err != nil {
 		return err
 	}
@@ -190,10 +197,13 @@ func (d *EBPF) Set(cfg desired.TunnelConfig) error {
 		return err
 	}
 
-	if err := d.attach(encap, encapFilterPrefix); err != nil {
+	if err := d.attach(encap, netlink.HANDLE_MIN_INGRESS, encapFilterPrefix); err != nil {
 		return err
 	}
-	if err := d.attach(nic, decapFilterPrefix); err != nil {
+	if err := d.attach(tun, netlink.HANDLE_MIN_EGRESS, encapFastFilterPrefix); err != nil {
+		return err
+	}
+	if err := d.attach(nic, netlink.HANDLE_MIN_INGRESS, decapFilterPrefix); err != nil {
 		return err
 	}
 	if !d.swept || d.nic != cfg.UnderlayIface {
@@ -270,7 +280,7 @@ func (d *EBPF) ensureDevices(cfg desired.TunnelConfig) (tun, encap netlink.Link,
 func (d *EBPF) adoptOrCreateMaps(links ...netlink.Link) error {
 	found := map[string]*ebpf.Map{}
 	for _, link := range links {
-		f, err := d.ourFilter(link)
+		f, err := ourFilter(d.h, link, netlink.HANDLE_MIN_INGRESS)
 		if err != nil {
 			return err
 		}
@@ -370,14 +380,11 @@ func programMapIDs(id int) ([]ebpf.MapID, error) {
 	return ids, nil
 }
 
-// ourFilter returns calyx's filter at tc ingress of link, or nil.
-func (d *EBPF) ourFilter(link netlink.Link) (*netlink.BpfFilter, error) {
-	return ourFilter(d.h, link)
-}
-
-func ourFilter(h *netlink.Handle, link netlink.Link) (*netlink.BpfFilter, error) {
+// ourFilter returns calyx's filter at the tc hook parent (ingress or
+// egress) of link, or nil.
+func ourFilter(h *netlink.Handle, link netlink.Link, parent uint32) (*netlink.BpfFilter, error) {
 	filters, err := nldump.Retry(func() ([]netlink.Filter, error) {
-		return h.FilterList(link, netlink.HANDLE_MIN_INGRESS)
+		return h.FilterList(link, parent)
 	})
 	if err != nil {
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
@@ -394,14 +401,14 @@ func ourFilter(h *netlink.Handle, link netlink.Link) (*netlink.BpfFilter, error)
 	return nil, nil
 }
 
-// attach makes the program named by prefix the one at tc ingress of link,
-// unless it already is, with this datapath's maps.
-func (d *EBPF) attach(link netlink.Link, prefix string) error {
+// attach makes the program named by prefix the one at the tc hook parent
+// of link, unless it already is, with this datapath's maps.
+func (d *EBPF) attach(link netlink.Link, parent uint32, prefix string) error {
 	name := link.Attrs().Name
 	if err := d.ensureClsact(link); err != nil {
 		return err
 	}
-	f, err := d.ourFilter(link)
+	f, err := ourFilter(d.h, link, parent)
 	if err != nil {
 		return err
 	}
@@ -417,14 +424,15 @@ func (d *EBPF) attach(link netlink.Link, prefix string) error {
 		return err
 	}
 	defer progs.Close()
-	prog := progs.CalyxEncap
-	if prefix == decapFilterPrefix {
-		prog = progs.CalyxDecap
-	}
+	prog := map[string]*ebpf.Program{
+		encapFilterPrefix:     progs.CalyxEncap,
+		encapFastFilterPrefix: progs.CalyxEncapFast,
+		decapFilterPrefix:     progs.CalyxDecap,
+	}[prefix]
 	filter := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: link.Attrs().Index,
-			Parent:    netlink.HANDLE_MIN_INGRESS,
+			Parent:    parent,
 			Handle:    filterHandle,
 			Priority:  filterPriority,
 			Protocol:  unix.ETH_P_ALL,
@@ -435,7 +443,7 @@ func (d *EBPF) attach(link netlink.Link, prefix string) error {
 	}
 	// Replace swaps the program atomically: no packet sees no program.
 	if err := d.h.FilterReplace(filter); err != nil {
-		return fmt.Errorf("attaching %s to tc ingress of %s: %w", prefix, name, err)
+		return fmt.Errorf("attaching %s to tc %s of %s: %w", prefix, hookName(parent), name, err)
 	}
 	old := "none"
 	if f != nil {
@@ -517,7 +525,7 @@ func sweepDecap(h *netlink.Handle, log *slog.Logger, keep int) error {
 		if err != nil {
 			continue // gone meanwhile
 		}
-		f, err := ourFilter(h, link)
+		f, err := ourFilter(h, link, netlink.HANDLE_MIN_INGRESS)
 		if err != nil {
 			return err
 		}
@@ -556,6 +564,11 @@ func (d *EBPF) Stats() (Stats, error) {
 		s.RxDrops += c.RxDrops
 		s.RxErrors += c.RxErrors
 	}
+	var cfg calyxConfig
+	if err := d.maps.CalyxConfig.Lookup(uint32(0), &cfg); err != nil {
+		return Stats{}, fmt.Errorf("reading the datapath configuration map: %w", err)
+	}
+	s.Fast = cfg.Fast == 1
 	return s, nil
 }
 
@@ -573,4 +586,44 @@ func (d *EBPF) Close() error {
 	}
 	d.h.Close()
 	return err
+}
+
+func hookName(parent uint32) string {
+	if parent == netlink.HANDLE_MIN_EGRESS {
+		return "egress"
+	}
+	return "ingress"
+}
+
+// SetObserved switches the programs between the fast mode (observed
+// false: tunl0's device passes skipped, and with them its capture point)
+// and the observable one (every packet crosses tunl0, as tcpdump on tunl0
+// expects). It writes one map entry: packets in flight on the other path
+// still arrive.
+func (d *EBPF) SetObserved(observed bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("tunnel datapath is closed: create a new one with tunnel.New")
+	}
+	d.observed = observed
+	if d.maps == nil {
+		return nil // the first Set writes it
+	}
+	var cfg calyxConfig
+	if err := d.maps.CalyxConfig.Lookup(uint32(0), &cfg); err != nil {
+		return fmt.Errorf("reading the datapath configuration map: %w", err)
+	}
+	if (cfg.Fast == 1) == !observed {
+		return nil
+	}
+	cfg.Fast = 0
+	if !observed {
+		cfg.Fast = 1
+	}
+	if err := d.maps.CalyxConfig.Put(uint32(0), cfg); err != nil {
+		return fmt.Errorf("writing the datapath configuration map: %w", err)
+	}
+	d.log.Info("datapath mode", "fast", !observed)
+	return nil
 }

@@ -37,6 +37,9 @@ type Stats struct {
 	// outer fragments, a bad outer header, or a congestion mark on a
 	// packet that cannot carry it (eBPF; the kernel device's rx_errors).
 	RxErrors uint64
+	// Fast says the eBPF programs skip tunl0's device passes (and its
+	// capture point) because nothing captures on tunl0; see SetObserved.
+	Fast bool
 }
 
 // Datapath is one implementation of tunl0.

@@ -5,16 +5,28 @@
  * wire format so that a node running this and a node running the kernel's
  * ipip device talk to each other.
  *
- * calyx_encap runs at tc ingress of tunl0-encap, the veth peer of tunl0:
- * whatever the node routes to tunl0 crosses the pair (so tcpdump on tunl0
- * sees it, inner headers only), gets an outer IPv4 header and leaves through
- * the underlay NIC with bpf_redirect_neigh.
+ * Two modes, switched by the agent through config.fast:
  *
- * calyx_decap runs at tc ingress of the underlay NIC: IPIP from a cluster
- * node loses its outer header and enters tunl0 as if tunl0 had received it
- * (bpf_redirect with BPF_F_INGRESS, so tcpdump on tunl0 sees it and the
- * kernel routes it to the pod); IPIP from anyone else is dropped and counted;
- * everything else passes untouched.
+ * Observable (fast == 0), while a packet socket (tcpdump) is open on tunl0
+ * or on every device: calyx_encap runs at tc ingress of tunl0-encap, the
+ * veth peer of tunl0, so whatever the node routes to tunl0 crosses the pair
+ * (tcpdump on tunl0 sees it, inner headers only), gets an outer IPv4 header
+ * and leaves through the underlay NIC with bpf_redirect_neigh. calyx_decap
+ * at tc ingress of the underlay NIC takes the outer header off IPIP from a
+ * cluster node and hands the packet to tunl0 as if tunl0 had received it
+ * (bpf_redirect with BPF_F_INGRESS: tcpdump on tunl0 sees it, the kernel
+ * routes it to the pod).
+ *
+ * Fast (fast == 1), when nobody is looking: calyx_encap_fast at tc egress
+ * of tunl0 encapsulates before the pair and redirects to the NIC, and
+ * calyx_decap lets the decapsulated packet go on up the NIC's own receive
+ * path. Either way the packet has passed, or then passes, netfilter's
+ * hooks exactly once, as in the observable mode; what it skips is one
+ * device pass each way (a veth transmit and a backlog queue), and with it
+ * tunl0's capture point.
+ *
+ * In both modes IPIP from anyone but a cluster node is dropped and counted,
+ * and everything else passes untouched.
  *
  * The Go side (agent/tunnel/ebpf.go) creates tunl0, loads these programs,
  * fills the maps and finds them again after an agent restart.
@@ -66,7 +78,8 @@ struct config {
 	__u32 nic_ifindex;   /* underlay NIC: where encapsulated packets leave */
 	__u32 tunl0_ifindex; /* where decapsulated packets enter */
 	__u8 tunl0_mac[ETH_ALEN];
-	__u8 pad[2];
+	__u8 fast; /* 1: nobody captures on tunl0, skip its device passes */
+	__u8 pad;
 };
 
 struct lpm_key {
@@ -142,16 +155,9 @@ static __always_inline __u64 segments(const struct __sk_buff *skb)
 	return skb->gso_segs ? skb->gso_segs : 1;
 }
 
-SEC("tc")
-int calyx_encap(struct __sk_buff *skb)
+static __always_inline int encap(struct __sk_buff *skb, struct counters *c,
+				 const struct config *cfg)
 {
-	__u32 zero = 0;
-	struct counters *c = bpf_map_lookup_elem(&calyx_stats, &zero);
-	struct config *cfg = bpf_map_lookup_elem(&calyx_config, &zero);
-
-	if (!c || !cfg)
-		return TC_ACT_SHOT;
-
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct eth *eth = data;
@@ -247,6 +253,36 @@ drop:
 }
 
 SEC("tc")
+int calyx_encap(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct counters *c = bpf_map_lookup_elem(&calyx_stats, &zero);
+	struct config *cfg = bpf_map_lookup_elem(&calyx_config, &zero);
+
+	if (!c || !cfg)
+		return TC_ACT_SHOT;
+	return encap(skb, c, cfg);
+}
+
+/* At tc egress of tunl0: in the fast mode the packet is encapsulated here,
+ * after the forwarding path and netfilter's POSTROUTING, and never crosses
+ * the pair; in the observable mode it goes on to the pair, where tcpdump's
+ * tap on tunl0 sees it, and calyx_encap takes it on the other side. */
+SEC("tc")
+int calyx_encap_fast(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&calyx_config, &zero);
+
+	if (!cfg || !cfg->fast)
+		return TC_ACT_OK;
+	struct counters *c = bpf_map_lookup_elem(&calyx_stats, &zero);
+	if (!c)
+		return TC_ACT_OK;
+	return encap(skb, c, cfg);
+}
+
+SEC("tc")
 int calyx_decap(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
@@ -339,15 +375,22 @@ int calyx_decap(struct __sk_buff *skb)
 				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET))
 		goto error;
 
+	c->rx_packets += segs;
+	c->rx_bytes += inner_len;
+
+	/* Fast: the inner packet continues up the NIC's receive path (the
+	 * Ethernet header still names this node), to PREROUTING, the routing
+	 * decision and FORWARD, as it would after entering tunl0; only the
+	 * device it came in on says the NIC instead of tunl0. */
+	if (cfg->fast)
+		return TC_ACT_OK;
+
 	/* tunl0 takes the frame only if it is addressed to tunl0's MAC
 	 * (eth_type_trans would mark it for another host otherwise). A
 	 * CHECKSUM_COMPLETE sum stays right: the redirect adds the Ethernet
 	 * header to it before tunl0 pulls it again (bpf_push_mac_rcsum). */
 	if (bpf_skb_store_bytes(skb, 0, cfg->tunl0_mac, ETH_ALEN, 0))
 		goto error;
-
-	c->rx_packets += segs;
-	c->rx_bytes += inner_len;
 	return bpf_redirect(cfg->tunl0_ifindex, BPF_F_INGRESS);
 
 error:
