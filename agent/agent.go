@@ -334,6 +334,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.serveIPAM(ctx, &wg)
 	a.startGC(ctx, &wg)
 	a.watchKernel(ctx, &wg)
+	a.watchTaps(ctx, &wg)
 	a.loop(ctx)
 	return nil
 }

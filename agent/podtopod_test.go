@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -128,6 +129,70 @@ func TestPodToPod(t *testing.T) {
 		if from := <-accepted; from != client.IP {
 			t.Errorf("server saw the connection from %s, want the client pod's %s", from, client.IP)
 		}
+	})
+
+	t.Run("a capture on tunl0 makes every packet cross it, and its end makes the datapath fast again", func(t *testing.T) {
+		url := agents["learn-k8s-3"].MetricsURL()
+		if !strings.Contains(scrape(t, url), `calyx_datapath_info{mode="ebpf"}`) {
+			if strings.Contains(scrape(t, url), "calyx_datapath_fast_mode") {
+				t.Error("the kernel's datapath reports a fast mode")
+			}
+			return // the kernel's tunl0 has no other mode
+		}
+		fast := func(want string) func() error {
+			return func() error {
+				if m := scrape(t, url); !strings.Contains(m, "calyx_datapath_fast_mode "+want+"\n") {
+					return fmt.Errorf("calyx_datapath_fast_mode is not %s", want)
+				}
+				return nil
+			}
+		}
+		eventually(t, 2*time.Second, "the fast mode while nothing captures on tunl0", fast("1"))
+		tun := nodes["learn-k8s-3"].Listen(t, "tunl0")
+		took := eventually(t, 2*time.Second, "the observable mode once tcpdump runs on tunl0", fast("0"))
+		t.Logf("observable %v after the capture opened (the agent polls every %v)", took.Round(time.Millisecond), tapPoll)
+		if got := client.NS.Ping(t, netip.MustParseAddr(server.IP), 2); got != 2 {
+			t.Fatalf("ping in the observable mode: %d of 2 answered", got)
+		}
+		if tun.Next(time.Second, func(ip []byte) bool { return ip[9] == 1 }) == nil {
+			t.Error("the capture on tunl0 saw no ICMP packet of the ping")
+		}
+		tun.Close()
+		took = eventually(t, 2*time.Second, "the fast mode once the capture ended", fast("1"))
+		t.Logf("fast %v after the capture closed", took.Round(time.Millisecond))
+		if got := client.NS.Ping(t, netip.MustParseAddr(server.IP), 2); got != 2 {
+			t.Fatalf("ping in the fast mode: %d of 2 answered", got)
+		}
+	})
+	// A strict rp_filter drops what the fast decapsulation hands to the NIC
+	// (the inner source is routed via tunl0): the agent stays observable.
+	t.Run("strict rp_filter keeps the datapath observable", func(t *testing.T) {
+		url := agents["learn-k8s-3"].MetricsURL()
+		if !strings.Contains(scrape(t, url), `calyx_datapath_info{mode="ebpf"}`) {
+			return // the kernel's tunl0 has no other mode
+		}
+		node := nodes["learn-k8s-3"]
+		node.Sysctl(t, "net/ipv4/conf/all/rp_filter", "1")
+		eventually(t, 2*time.Second, "the observable mode under a strict rp_filter", func() error {
+			if !strings.Contains(scrape(t, url), "calyx_datapath_fast_mode 0\n") {
+				return errors.New("still fast")
+			}
+			return nil
+		})
+		if got := client.NS.Ping(t, netip.MustParseAddr(server.IP), 2); got != 2 {
+			t.Errorf("ping under a strict rp_filter: %d of 2 answered", got)
+		}
+		node.Sysctl(t, "net/ipv4/conf/all/rp_filter", "2")
+		eventually(t, 2*time.Second, "the fast mode under a loose rp_filter", func() error {
+			if !strings.Contains(scrape(t, url), "calyx_datapath_fast_mode 1\n") {
+				return errors.New("still observable")
+			}
+			return nil
+		})
+		if got := client.NS.Ping(t, netip.MustParseAddr(server.IP), 2); got != 2 {
+			t.Errorf("ping under a loose rp_filter in the fast mode: %d of 2 answered", got)
+		}
+		node.Sysctl(t, "net/ipv4/conf/all/rp_filter", "0")
 	})
 
 	t.Run("datapath counters", func(t *testing.T) {

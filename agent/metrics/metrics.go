@@ -135,6 +135,7 @@ var (
 	dpBytes   = prometheus.NewDesc("calyx_datapath_bytes_total", "Bytes encapsulated (tx) and decapsulated (rx) by the datapath.", []string{"direction"}, nil)
 	dpDrops   = prometheus.NewDesc("calyx_datapath_drops_total", "Packets dropped: tx without a peer or failed encapsulation, rx IPIP from an address that is not a node.", []string{"direction"}, nil)
 	dpRxErrs  = prometheus.NewDesc("calyx_datapath_rx_errors_total", "IPIP packets from a node that could not be delivered (outer fragments, a bad outer header).", nil, nil)
+	dpFast    = prometheus.NewDesc("calyx_datapath_fast_mode", "1 while the eBPF datapath skips tunl0's device passes (nothing captures on tunl0), 0 while every packet crosses tunl0.", nil, nil)
 	dpErrors  = prometheus.NewDesc("calyx_datapath_stats_errors_total", "Scrapes that could not read the datapath counters.", nil, nil)
 	fwPackets = prometheus.NewDesc("calyx_firewall_rule_packets_total", "Packets matched by each rule of the nftables table ip calyx.", []string{"rule"}, nil)
 	fwBytes   = prometheus.NewDesc("calyx_firewall_rule_bytes_total", "Bytes matched by each rule of the nftables table ip calyx.", []string{"rule"}, nil)
@@ -147,7 +148,7 @@ type kernelCounters struct {
 }
 
 func (k *kernelCounters) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{dpInfo, dpPackets, dpBytes, dpDrops, dpRxErrs, dpErrors, fwPackets, fwBytes} {
+	for _, d := range []*prometheus.Desc{dpInfo, dpPackets, dpBytes, dpDrops, dpRxErrs, dpFast, dpErrors, fwPackets, fwBytes} {
 		ch <- d
 	}
 }
@@ -169,6 +170,13 @@ func (k *kernelCounters) Collect(ch chan<- prometheus.Metric) {
 					ch <- prometheus.MustNewConstMetric(v.d, prometheus.CounterValue, float64(v.n), v.dir)
 				}
 				ch <- prometheus.MustNewConstMetric(dpRxErrs, prometheus.CounterValue, float64(s.RxErrors))
+				if dp.Mode() == tunnel.ModeEBPF {
+					fast := 0.0
+					if s.Fast {
+						fast = 1
+					}
+					ch <- prometheus.MustNewConstMetric(dpFast, prometheus.GaugeValue, fast)
+				}
 			} else {
 				k.dpFailed.Add(1)
 			}

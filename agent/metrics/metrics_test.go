@@ -52,12 +52,13 @@ func TestKernelCounters(t *testing.T) {
 		t.Errorf("before the datapath exists (-want +got):\n%s", diff)
 	}
 
-	dp = statsOnly{s: tunnel.Stats{TxPackets: 10, TxBytes: 1000, RxPackets: 9, RxBytes: 900, TxDrops: 1, RxDrops: 3, RxErrors: 4}}
+	dp = statsOnly{s: tunnel.Stats{TxPackets: 10, TxBytes: 1000, RxPackets: 9, RxBytes: 900, TxDrops: 1, RxDrops: 3, RxErrors: 4, Fast: true}}
 	want = []string{
 		`calyx_datapath_bytes_total{direction="rx"} 900`,
 		`calyx_datapath_bytes_total{direction="tx"} 1000`,
 		`calyx_datapath_drops_total{direction="rx"} 3`,
 		`calyx_datapath_drops_total{direction="tx"} 1`,
+		`calyx_datapath_fast_mode 1`,
 		`calyx_datapath_info{mode="ebpf"} 1`,
 		`calyx_datapath_packets_total{direction="rx"} 9`,
 		`calyx_datapath_packets_total{direction="tx"} 10`,

@@ -295,9 +295,17 @@ type Capture struct {
 // when the test ends.
 func (n *NS) Listen(t testing.TB, dev string) *Capture {
 	t.Helper()
-	c := Capture{fd: n.PacketSocket(t, dev)}
-	t.Cleanup(func() { unix.Close(c.fd) })
-	return &c
+	c := &Capture{fd: n.PacketSocket(t, dev)}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// Close ends the capture, as tcpdump exiting does; again is a no-op.
+func (c *Capture) Close() {
+	if c.fd >= 0 {
+		unix.Close(c.fd)
+		c.fd = -1
+	}
 }
 
 // PacketSocket is an AF_PACKET socket bound to dev in the namespace, as
