@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -58,7 +59,44 @@ func StartCapture(netnsName, iface string) (*Capture, error) {
 		return nil, fmt.Errorf("capturing on %s in %s: %w", iface, netnsName, err)
 	}
 	go c.read()
+	if iface == "tunl0" && strings.HasPrefix(netnsName, "learn-k8s-") {
+		if err := WaitFastMode(netnsName, false, 5*time.Second); err != nil {
+			c.Stop()
+			return nil, fmt.Errorf("capturing on tunl0 of %s: %w", netnsName, err)
+		}
+	}
 	return c, nil
+}
+
+// WaitFastMode waits until the agent on node reports its datapath in the
+// fast mode (fast) or in the observable one, where every packet crosses
+// tunl0. The agent looks for packet sockets on tunl0 every 100 ms and is
+// observable while there is one: a capture on tunl0 must wait for it, or
+// miss what the fast mode carries past tunl0. The kernel's ipip datapath
+// has no fast mode: it is always observable.
+func WaitFastMode(node string, fast bool, within time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	want := map[bool]string{true: "fast", false: "observable"}[fast]
+	last := "no answer"
+	for {
+		m, err := AgentMetrics(ctx, node)
+		switch {
+		case err != nil:
+			last = err.Error()
+		case !strings.Contains(m, "calyx_datapath_info"):
+			last = "no datapath yet"
+		case strings.Contains(m, "calyx_datapath_fast_mode 1") == fast:
+			return nil
+		default:
+			last = "the other mode"
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the agent did not put the datapath in the %s mode within %s (%s): is calyx-node running on %s?", want, within, last, node)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // openPacketSocket opens an AF_PACKET socket that sees every frame of the

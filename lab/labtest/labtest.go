@@ -162,3 +162,35 @@ func (s *Shared) Close() error {
 	}
 	return nil
 }
+
+// InBothModes runs fn as two subtests: "fast", with the eBPF datapath of
+// the nodes in its fast mode (nothing captures on tunl0), and
+// "observable", with a capture open on each node's tunl0 as tcpdump would
+// hold it, so that every packet crosses tunl0. A node on the kernel's
+// datapath has only the second mode and is left as it is.
+func InBothModes(t *testing.T, nodes []string, fn func(t *testing.T)) {
+	for _, observable := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fast", true: "observable"}[observable], func(t *testing.T) {
+			for _, n := range nodes {
+				m, err := lab.AgentMetrics(context.Background(), n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch {
+				case !strings.Contains(m, `calyx_datapath_info{mode="ebpf"}`):
+				case observable:
+					c, err := lab.StartCapture(n, "tunl0") // returns once the agent switched
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { c.Stop() })
+				default:
+					if err := lab.WaitFastMode(n, true, 5*time.Second); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			fn(t)
+		})
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/calyx-net/calyx/agent/desired"
 	"github.com/calyx-net/calyx/lab"
+	"github.com/calyx-net/calyx/lab/labtest"
 )
 
 // The article's Service.
@@ -79,58 +80,63 @@ func TestService(t *testing.T) {
 		return get(t, name, "timeout", "8", "tftp", "-m", "binary", clusterIP, "-c", "get", lab.DemoFile, "OUT")
 	}
 
-	t.Run("atftp through the ClusterIP, IPIP between the nodes, the server sees the pod IP", func(t *testing.T) {
-		nic, err := lab.StartCapture("learn-k8s-3", lab.NICName)
-		if err != nil {
-			t.Fatal(err)
-		}
-		veth, err := lab.StartCapture("learn-k8s-2", server.HostIface)
-		if err != nil {
-			nic.Stop()
-			t.Fatal(err)
-		}
-		out, getErr := get(t, "atftp.bin", "timeout", "20", "atftp", "--get", "-r", lab.DemoFile, "-l", "OUT", clusterIP, "69")
-		time.Sleep(200 * time.Millisecond)
-		nicPackets, vethPackets := nic.Stop(), veth.Stop()
-		if getErr != nil {
-			t.Fatalf("atftp: %v", getErr)
-		}
-		assertFile(t, out)
-		var tftpOnNIC int
-		for _, p := range nicPackets {
-			d := lab.Dissect(nic.LinkType(), p.Data)
-			if d.Src != client.IP && d.Dst != client.IP {
-				continue
+	// kube-proxy's DNAT and its reverse on the reply (conntrack) in both
+	// datapath modes: the fast one hands decapsulated packets to the NIC's
+	// receive path instead of tunl0's.
+	labtest.InBothModes(t, []string{"learn-k8s-2", "learn-k8s-3"}, func(t *testing.T) {
+		t.Run("atftp through the ClusterIP, IPIP between the nodes, the server sees the pod IP", func(t *testing.T) {
+			nic, err := lab.StartCapture("learn-k8s-3", lab.NICName)
+			if err != nil {
+				t.Fatal(err)
 			}
-			tftpOnNIC++
-			if d.OuterProto != 4 || !((d.OuterSrc == "10.10.100.209" && d.OuterDst == "10.10.100.208") || (d.OuterSrc == "10.10.100.208" && d.OuterDst == "10.10.100.209")) {
-				t.Errorf("on learn-k8s-3's %s: %s outer %s → %s proto %d, want IPIP between 10.10.100.209 and 10.10.100.208", lab.NICName, d.Stack, d.OuterSrc, d.OuterDst, d.OuterProto)
+			veth, err := lab.StartCapture("learn-k8s-2", server.HostIface)
+			if err != nil {
+				nic.Stop()
+				t.Fatal(err)
 			}
-			if d.Src == clusterIP || d.Dst == clusterIP {
-				t.Errorf("on the wire: %s → %s: the ClusterIP leaves the node, want the pod IP (kube-proxy's DNAT)", d.Src, d.Dst)
+			out, getErr := get(t, "atftp.bin", "timeout", "20", "atftp", "--get", "-r", lab.DemoFile, "-l", "OUT", clusterIP, "69")
+			time.Sleep(200 * time.Millisecond)
+			nicPackets, vethPackets := nic.Stop(), veth.Stop()
+			if getErr != nil {
+				t.Fatalf("atftp: %v", getErr)
 			}
-		}
-		if tftpOnNIC < 9 {
-			t.Errorf("%d packets of the client pod on learn-k8s-3's %s, want at least 9 (RRQ + 4 DATA + 4 ACK)", tftpOnNIC, lab.NICName)
-		}
-		var rrqFrom []string
-		for _, p := range vethPackets {
-			d := lab.Dissect(veth.LinkType(), p.Data)
-			if strings.HasPrefix(d.TFTP, "RRQ") {
-				rrqFrom = append(rrqFrom, d.Src+" → "+d.Dst+":"+strconv.Itoa(d.DstPort))
+			assertFile(t, out)
+			var tftpOnNIC int
+			for _, p := range nicPackets {
+				d := lab.Dissect(nic.LinkType(), p.Data)
+				if d.Src != client.IP && d.Dst != client.IP {
+					continue
+				}
+				tftpOnNIC++
+				if d.OuterProto != 4 || !((d.OuterSrc == "10.10.100.209" && d.OuterDst == "10.10.100.208") || (d.OuterSrc == "10.10.100.208" && d.OuterDst == "10.10.100.209")) {
+					t.Errorf("on learn-k8s-3's %s: %s outer %s → %s proto %d, want IPIP between 10.10.100.209 and 10.10.100.208", lab.NICName, d.Stack, d.OuterSrc, d.OuterDst, d.OuterProto)
+				}
+				if d.Src == clusterIP || d.Dst == clusterIP {
+					t.Errorf("on the wire: %s → %s: the ClusterIP leaves the node, want the pod IP (kube-proxy's DNAT)", d.Src, d.Dst)
+				}
 			}
-		}
-		want := client.IP + " → " + server.IP + ":69"
-		if len(rrqFrom) != 1 || rrqFrom[0] != want {
-			t.Errorf("RRQs on the server's %s: %v, want [%s]: the server sees the client pod's real IP", server.HostIface, rrqFrom, want)
-		}
-	})
-	t.Run("the lab's client through the ClusterIP", func(t *testing.T) {
-		out, err := labGet(t, "lab.bin")
-		if err != nil {
-			t.Fatal(err)
-		}
-		assertFile(t, out)
+			if tftpOnNIC < 9 {
+				t.Errorf("%d packets of the client pod on learn-k8s-3's %s, want at least 9 (RRQ + 4 DATA + 4 ACK)", tftpOnNIC, lab.NICName)
+			}
+			var rrqFrom []string
+			for _, p := range vethPackets {
+				d := lab.Dissect(veth.LinkType(), p.Data)
+				if strings.HasPrefix(d.TFTP, "RRQ") {
+					rrqFrom = append(rrqFrom, d.Src+" → "+d.Dst+":"+strconv.Itoa(d.DstPort))
+				}
+			}
+			want := client.IP + " → " + server.IP + ":69"
+			if len(rrqFrom) != 1 || rrqFrom[0] != want {
+				t.Errorf("RRQs on the server's %s: %v, want [%s]: the server sees the client pod's real IP", server.HostIface, rrqFrom, want)
+			}
+		})
+		t.Run("the lab's client through the ClusterIP", func(t *testing.T) {
+			out, err := labGet(t, "lab.bin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			assertFile(t, out)
+		})
 	})
 	t.Run("tftp-hpa without the helper stalls", func(t *testing.T) {
 		out, err := hpaGet(t, "hpa-stall.bin")

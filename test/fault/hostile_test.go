@@ -15,6 +15,7 @@ import (
 
 	"github.com/calyx-net/calyx/agent/firewall"
 	"github.com/calyx-net/calyx/lab"
+	"github.com/calyx-net/calyx/lab/labtest"
 )
 
 const (
@@ -56,53 +57,55 @@ func TestHostileIPIP(t *testing.T) {
 		return metric(t, node2, "calyx_firewall_rule_packets_total", `rule="`+firewall.RuleIPIPOthers+`"`)
 	}
 
-	for _, tc := range []struct {
-		name, from, outerSrc string
-		delivered            bool
-	}{
-		{name: "from a stranger on the underlay", from: stranger.NetNS, outerSrc: stranger.IP.String(), delivered: false},
-		{name: "from node " + node3 + " (control)", from: node3, outerSrc: node3IP, delivered: true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			tag := fmt.Sprintf("ipip %s %d", tc.from, time.Now().UnixNano())
-			inner := udpPacket(t, netip.MustParseAddr(peer.IP), netip.MustParseAddr(victim.IP), []byte(tag))
-			capture, err := lab.StartCapture(node2, lab.NICName)
-			if err != nil {
-				t.Fatal(err)
-			}
-			before := drops()
-			sendRaw(t, tc.from, unix.IPPROTO_IPIP, netip.MustParseAddr(node2IP), inner)
-			got := rx.count(tag, time.Second)
-			after := drops()
-			seen := 0
-			for _, p := range capture.Stop() {
-				d := lab.Dissect(capture.LinkType(), p.Data)
-				if d.OuterSrc == tc.outerSrc && d.OuterDst == node2IP && d.Dst == victim.IP && strings.Contains(string(d.InnerPayload), tag) {
-					seen++
+	labtest.InBothModes(t, []string{node2, node3}, func(t *testing.T) {
+		for _, tc := range []struct {
+			name, from, outerSrc string
+			delivered            bool
+		}{
+			{name: "from a stranger on the underlay", from: stranger.NetNS, outerSrc: stranger.IP.String(), delivered: false},
+			{name: "from node " + node3 + " (control)", from: node3, outerSrc: node3IP, delivered: true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				tag := fmt.Sprintf("ipip %s %d", tc.from, time.Now().UnixNano())
+				inner := udpPacket(t, netip.MustParseAddr(peer.IP), netip.MustParseAddr(victim.IP), []byte(tag))
+				capture, err := lab.StartCapture(node2, lab.NICName)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			t.Logf("%d IPIP packets %s → %s, inner %s → pod %s (%s): %d seen on %s's %s, %d received by the pod, node's drop counter (%s datapath) +%.0f",
-				burst, tc.outerSrc, node2IP, peer.IP, victim.Key(), victim.IP, seen, node2, lab.NICName, got, mode, after-before)
-			if seen != burst {
-				t.Fatalf("the capture on %s's %s saw %d of the %d packets sent: they were not sent", node2, lab.NICName, seen, burst)
-			}
-			if tc.delivered {
-				if got != burst {
-					t.Errorf("the pod received %d of %d packets from a real node, want all", got, burst)
+				before := drops()
+				sendRaw(t, tc.from, unix.IPPROTO_IPIP, netip.MustParseAddr(node2IP), inner)
+				got := rx.count(tag, time.Second)
+				after := drops()
+				seen := 0
+				for _, p := range capture.Stop() {
+					d := lab.Dissect(capture.LinkType(), p.Data)
+					if d.OuterSrc == tc.outerSrc && d.OuterDst == node2IP && d.Dst == victim.IP && strings.Contains(string(d.InnerPayload), tag) {
+						seen++
+					}
 				}
-				if after != before {
-					t.Errorf("the drop counter rose by %.0f for a real node's packets", after-before)
+				t.Logf("%d IPIP packets %s → %s, inner %s → pod %s (%s): %d seen on %s's %s, %d received by the pod, node's drop counter (%s datapath) +%.0f",
+					burst, tc.outerSrc, node2IP, peer.IP, victim.Key(), victim.IP, seen, node2, lab.NICName, got, mode, after-before)
+				if seen != burst {
+					t.Fatalf("the capture on %s's %s saw %d of the %d packets sent: they were not sent", node2, lab.NICName, seen, burst)
 				}
-				return
-			}
-			if got != 0 {
-				t.Errorf("the pod received %d packets from a machine that is not a node", got)
-			}
-			if after-before < burst {
-				t.Errorf("the drop counter rose by %.0f, want %d", after-before, burst)
-			}
-		})
-	}
+				if tc.delivered {
+					if got != burst {
+						t.Errorf("the pod received %d of %d packets from a real node, want all", got, burst)
+					}
+					if after != before {
+						t.Errorf("the drop counter rose by %.0f for a real node's packets", after-before)
+					}
+					return
+				}
+				if got != 0 {
+					t.Errorf("the pod received %d packets from a machine that is not a node", got)
+				}
+				if after-before < burst {
+					t.Errorf("the drop counter rose by %.0f, want %d", after-before, burst)
+				}
+			})
+		}
+	})
 }
 
 // TestSpoofedSource: a pod sends with another address as its source (a
@@ -118,55 +121,57 @@ func TestSpoofedSource(t *testing.T) {
 	rx := listenUDP(t, target)
 	rule := `rule="` + firewall.RuleAntiSpoof + `"`
 
-	for _, tc := range []struct {
-		name, src string
-		delivered bool
-	}{
-		{name: "another pod's address on the same node", src: neighbour.IP},
-		{name: "a pod's address on another node", src: remote.IP},
-		{name: "the node's own address", src: node2IP},
-		{name: "its own address (control)", src: spoofer.IP, delivered: true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			tag := fmt.Sprintf("spoof %s %d", tc.src, time.Now().UnixNano())
-			pkt := udpPacket(t, netip.MustParseAddr(tc.src), netip.MustParseAddr(target.IP), []byte(tag))
-			capture, err := lab.StartCapture(node2, spoofer.HostIface)
-			if err != nil {
-				t.Fatal(err)
-			}
-			before := metric(t, node2, "calyx_firewall_rule_packets_total", rule)
-			sendRaw(t, spoofer.NetNS, unix.IPPROTO_RAW, netip.MustParseAddr(target.IP), pkt)
-			got := rx.count(tag, time.Second)
-			after := metric(t, node2, "calyx_firewall_rule_packets_total", rule)
-			seen := 0
-			for _, p := range capture.Stop() {
-				d := lab.Dissect(capture.LinkType(), p.Data)
-				if d.Src == tc.src && d.Dst == target.IP && strings.Contains(string(d.InnerPayload), tag) {
-					seen++
+	labtest.InBothModes(t, []string{node2, node3}, func(t *testing.T) {
+		for _, tc := range []struct {
+			name, src string
+			delivered bool
+		}{
+			{name: "another pod's address on the same node", src: neighbour.IP},
+			{name: "a pod's address on another node", src: remote.IP},
+			{name: "the node's own address", src: node2IP},
+			{name: "its own address (control)", src: spoofer.IP, delivered: true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				tag := fmt.Sprintf("spoof %s %d", tc.src, time.Now().UnixNano())
+				pkt := udpPacket(t, netip.MustParseAddr(tc.src), netip.MustParseAddr(target.IP), []byte(tag))
+				capture, err := lab.StartCapture(node2, spoofer.HostIface)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			t.Logf("%d packets from pod %s (%s) with source %s → pod %s (%s): %d seen on host veth %s, %d received, antispoof counter +%.0f",
-				burst, spoofer.Key(), spoofer.IP, tc.src, target.Key(), target.IP, seen, spoofer.HostIface, got, after-before)
-			if seen != burst {
-				t.Fatalf("the capture on %s saw %d of the %d packets sent: they were not sent", spoofer.HostIface, seen, burst)
-			}
-			if tc.delivered {
-				if got != burst {
-					t.Errorf("the receiver got %d of %d packets with the pod's true source, want all", got, burst)
+				before := metric(t, node2, "calyx_firewall_rule_packets_total", rule)
+				sendRaw(t, spoofer.NetNS, unix.IPPROTO_RAW, netip.MustParseAddr(target.IP), pkt)
+				got := rx.count(tag, time.Second)
+				after := metric(t, node2, "calyx_firewall_rule_packets_total", rule)
+				seen := 0
+				for _, p := range capture.Stop() {
+					d := lab.Dissect(capture.LinkType(), p.Data)
+					if d.Src == tc.src && d.Dst == target.IP && strings.Contains(string(d.InnerPayload), tag) {
+						seen++
+					}
 				}
-				if after != before {
-					t.Errorf("the antispoof counter rose by %.0f for the pod's true source", after-before)
+				t.Logf("%d packets from pod %s (%s) with source %s → pod %s (%s): %d seen on host veth %s, %d received, antispoof counter +%.0f",
+					burst, spoofer.Key(), spoofer.IP, tc.src, target.Key(), target.IP, seen, spoofer.HostIface, got, after-before)
+				if seen != burst {
+					t.Fatalf("the capture on %s saw %d of the %d packets sent: they were not sent", spoofer.HostIface, seen, burst)
 				}
-				return
-			}
-			if got != 0 {
-				t.Errorf("the receiver got %d spoofed packets", got)
-			}
-			if after-before < burst {
-				t.Errorf("the antispoof counter rose by %.0f, want %d", after-before, burst)
-			}
-		})
-	}
+				if tc.delivered {
+					if got != burst {
+						t.Errorf("the receiver got %d of %d packets with the pod's true source, want all", got, burst)
+					}
+					if after != before {
+						t.Errorf("the antispoof counter rose by %.0f for the pod's true source", after-before)
+					}
+					return
+				}
+				if got != 0 {
+					t.Errorf("the receiver got %d spoofed packets", got)
+				}
+				if after-before < burst {
+					t.Errorf("the antispoof counter rose by %.0f, want %d", after-before, burst)
+				}
+			})
+		}
+	})
 }
 
 // datapathMode is what the node's agent says drives tunl0.
