@@ -187,7 +187,16 @@ func sendBulk(t *testing.T, conn *net.TCPConn, r *bufio.Reader, n int) {
 // super-packets itself: without the ipip module, with its built-in IPIP
 // GSO. Bulk TCP must still flow, in segments that fit the underlay MTU.
 func TestEBPFBulkTCPOnANICWithoutIPIPOffload(t *testing.T) {
-	_, server, client := startLab(t)
+	for _, fast := range []bool{false, true} {
+		t.Run(map[bool]string{false: "observable", true: "fast"}[fast], func(t *testing.T) { bulkWithoutOffload(t, fast) })
+	}
+}
+
+func bulkWithoutOffload(t *testing.T, fast bool) {
+	l, server, client := startLab(t)
+	for _, n := range l.nodes {
+		must(t, n.dp.(*EBPF).SetObserved(!fast), n.name+": SetObserved")
+	}
 	must(t, client.nl.LinkSetGSOMaxSize(linkByName(t, client.nl, "ens160"), labMTU), "limiting GSO on the client's NIC")
 	nic := startCapture(t, server.ns, "ens160")
 
