@@ -57,6 +57,9 @@ func openSilentTaps(nodes ...string) (*silentTap, error) {
 
 // close ends the captures; the agents go back to the fast mode.
 func (t *silentTap) close(nodes ...string) error {
+	if t == nil {
+		return nil // never opened
+	}
 	for _, fd := range t.fds {
 		unix.Close(fd)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,7 +87,7 @@ func WaitFastMode(node string, fast bool, within time.Duration) error {
 			last = err.Error()
 		case !strings.Contains(m, "calyx_datapath_info"):
 			last = "no datapath yet"
-		case strings.Contains(m, "calyx_datapath_fast_mode 1") == fast:
+		case slices.Contains(strings.Split(m, "\n"), "calyx_datapath_fast_mode 1") == fast:
 			return nil
 		default:
 			last = "the other mode"

@@ -135,7 +135,7 @@ var (
 	dpBytes   = prometheus.NewDesc("calyx_datapath_bytes_total", "Bytes encapsulated (tx) and decapsulated (rx) by the datapath.", []string{"direction"}, nil)
 	dpDrops   = prometheus.NewDesc("calyx_datapath_drops_total", "Packets dropped: tx without a peer or failed encapsulation, rx IPIP from an address that is not a node.", []string{"direction"}, nil)
 	dpRxErrs  = prometheus.NewDesc("calyx_datapath_rx_errors_total", "IPIP packets from a node that could not be delivered (outer fragments, a bad outer header).", nil, nil)
-	dpFast    = prometheus.NewDesc("calyx_datapath_fast_mode", "1 while the eBPF datapath skips tunl0's device passes (nothing captures on tunl0), 0 while every packet crosses tunl0.", nil, nil)
+	dpFast    = prometheus.NewDesc("calyx_datapath_fast_mode", "Whether the eBPF datapath skips tunl0's device passes because nothing captures on tunl0 (1), or makes every packet cross tunl0 (0).", nil, nil)
 	dpErrors  = prometheus.NewDesc("calyx_datapath_stats_errors_total", "Scrapes that could not read the datapath counters.", nil, nil)
 	fwPackets = prometheus.NewDesc("calyx_firewall_rule_packets_total", "Packets matched by each rule of the nftables table ip calyx.", []string{"rule"}, nil)
 	fwBytes   = prometheus.NewDesc("calyx_firewall_rule_bytes_total", "Bytes matched by each rule of the nftables table ip calyx.", []string{"rule"}, nil)
