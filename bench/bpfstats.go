@@ -14,8 +14,7 @@ import (
 )
 
 // calyxPrograms are the tc programs of the eBPF tunl0 (agent/tunnel/bpf).
-// calyx_encap_fast is cut to 15 characters (BPF_OBJ_NAME_LEN).
-var calyxPrograms = []string{"calyx_encap", "calyx_encap_fas", "calyx_decap"}
+var calyxPrograms = []string{"calyx_encap", "calyx_encap_fast", "calyx_decap"}
 
 // progTime is what the kernel accounted to one program name, summed over
 // every loaded program of that name (one per lab node).
