@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -139,17 +138,9 @@ func TestPodToPod(t *testing.T) {
 			}
 			return // the kernel's tunl0 has no other mode
 		}
-		fast := func(want string) func() error {
-			return func() error {
-				if m := scrape(t, url); !strings.Contains(m, "calyx_datapath_fast_mode "+want+"\n") {
-					return fmt.Errorf("calyx_datapath_fast_mode is not %s", want)
-				}
-				return nil
-			}
-		}
-		eventually(t, 2*time.Second, "the fast mode while nothing captures on tunl0", fast("1"))
+		eventually(t, 2*time.Second, "the fast mode while nothing captures on tunl0", fastMode(t, url, "1"))
 		tun := nodes["learn-k8s-3"].Listen(t, "tunl0")
-		took := eventually(t, 2*time.Second, "the observable mode once tcpdump runs on tunl0", fast("0"))
+		took := eventually(t, 2*time.Second, "the observable mode once tcpdump runs on tunl0", fastMode(t, url, "0"))
 		t.Logf("observable %v after the capture opened (the agent polls every %v)", took.Round(time.Millisecond), tapPoll)
 		if got := client.NS.Ping(t, netip.MustParseAddr(server.IP), 2); got != 2 {
 			t.Fatalf("ping in the observable mode: %d of 2 answered", got)
@@ -158,7 +149,7 @@ func TestPodToPod(t *testing.T) {
 			t.Error("the capture on tunl0 saw no ICMP packet of the ping")
 		}
 		tun.Close()
-		took = eventually(t, 2*time.Second, "the fast mode once the capture ended", fast("1"))
+		took = eventually(t, 2*time.Second, "the fast mode once the capture ended", fastMode(t, url, "1"))
 		t.Logf("fast %v after the capture closed", took.Round(time.Millisecond))
 		if got := client.NS.Ping(t, netip.MustParseAddr(server.IP), 2); got != 2 {
 			t.Fatalf("ping in the fast mode: %d of 2 answered", got)
@@ -173,22 +164,12 @@ func TestPodToPod(t *testing.T) {
 		}
 		node := nodes["learn-k8s-3"]
 		node.Sysctl(t, "net/ipv4/conf/all/rp_filter", "1")
-		eventually(t, 2*time.Second, "the observable mode under a strict rp_filter", func() error {
-			if !strings.Contains(scrape(t, url), "calyx_datapath_fast_mode 0\n") {
-				return errors.New("still fast")
-			}
-			return nil
-		})
+		eventually(t, 2*time.Second, "the observable mode under a strict rp_filter", fastMode(t, url, "0"))
 		if got := client.NS.Ping(t, netip.MustParseAddr(server.IP), 2); got != 2 {
 			t.Errorf("ping under a strict rp_filter: %d of 2 answered", got)
 		}
 		node.Sysctl(t, "net/ipv4/conf/all/rp_filter", "2")
-		eventually(t, 2*time.Second, "the fast mode under a loose rp_filter", func() error {
-			if !strings.Contains(scrape(t, url), "calyx_datapath_fast_mode 1\n") {
-				return errors.New("still observable")
-			}
-			return nil
-		})
+		eventually(t, 2*time.Second, "the fast mode under a loose rp_filter", fastMode(t, url, "1"))
 		if got := client.NS.Ping(t, netip.MustParseAddr(server.IP), 2); got != 2 {
 			t.Errorf("ping under a loose rp_filter in the fast mode: %d of 2 answered", got)
 		}
@@ -209,4 +190,15 @@ func TestPodToPod(t *testing.T) {
 			t.Error("the client node's datapath counted no packets sent")
 		}
 	})
+}
+
+// fastMode is a condition for eventually: the agent at url reports
+// calyx_datapath_fast_mode want.
+func fastMode(t *testing.T, url, want string) func() error {
+	return func() error {
+		if m := scrape(t, url); !strings.Contains(m, "\ncalyx_datapath_fast_mode "+want+"\n") {
+			return fmt.Errorf("calyx_datapath_fast_mode is not %s", want)
+		}
+		return nil
+	}
 }
