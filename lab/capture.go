@@ -71,7 +71,7 @@ func StartCapture(netnsName, iface string) (*Capture, error) {
 
 // WaitFastMode waits until the agent on node reports its datapath in the
 // fast mode (fast) or in the observable one, where every packet crosses
-// tunl0. The agent looks for packet sockets on tunl0 every 100 ms and is
+// tunl0. The agent looks for packet sockets on tunl0 every 250 ms and is
 // observable while there is one: a capture on tunl0 must wait for it, or
 // miss what the fast mode carries past tunl0. The kernel's ipip datapath
 // has no fast mode: it is always observable.
