@@ -144,6 +144,7 @@ func (a *Agent) observedBecause(f *nodeFiles) string {
 	}
 	b, err := reread(f.packet)
 	if err != nil {
+		f.close() // opened again at the next look
 		return fmt.Sprintf("reading the node's packet sockets: %v", err)
 	}
 	socks, err := taps.Parse(bytes.NewReader(b))
@@ -173,6 +174,7 @@ func strictRPFilter(f *nodeFiles, nic string) string {
 	for _, rp := range f.rp {
 		b, err := reread(rp)
 		if err != nil {
+			f.close() // the NIC went away and came back: opened again at the next look
 			return fmt.Sprintf("reading rp_filter: %v", err)
 		}
 		if v := strings.TrimSpace(string(b)); v > most {
