@@ -103,9 +103,11 @@ func takeDownAbandoned(prev slotHolder, dir string, progress io.Writer) error {
 	fmt.Fprintf(progress, "• taking down a lab whose process is gone (%d, files in %v) …\n", prev.PID, dirs)
 	var errs []error
 	for _, d := range dirs {
-		errs = append(errs, down(d, nil))
+		errs = append(errs, down(d, nil)) // the fixed names too
 	}
-	errs = append(errs, deleteNamespaces(&State{})...)
+	if len(dirs) == 0 {
+		errs = deleteNamespaces(&State{})
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("taking down the abandoned lab: %w", err)
 	}

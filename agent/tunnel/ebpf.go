@@ -184,9 +184,7 @@ func (d *EBPF) Set(cfg desired.TunnelConfig) error {
 		return fmt.Errorf("%s has no Ethernet address (%v): delete it (ip link del %s) and let the agent recreate it", DeviceName, tunMAC, DeviceName)
 	}
 	want := configValue(cfg.UnderlayIP, nic.Attrs().Index, tun.Attrs().Index, tunMAC)
-	if !d.observed {
-		want.Fast = 1
-	}
+	want.Fast = fastFlag(d.observed)
 	if err := d.syncConfig(want); err != nil {
 		return err
 	}
@@ -614,16 +612,21 @@ func (d *EBPF) SetObserved(observed bool) error {
 	if err := d.maps.CalyxConfig.Lookup(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("reading the datapath configuration map: %w", err)
 	}
-	if (cfg.Fast == 1) == !observed {
+	if cfg.Fast == fastFlag(observed) {
 		return nil
 	}
-	cfg.Fast = 0
-	if !observed {
-		cfg.Fast = 1
-	}
+	cfg.Fast = fastFlag(observed)
 	if err := d.maps.CalyxConfig.Put(uint32(0), cfg); err != nil {
 		return fmt.Errorf("writing the datapath configuration map: %w", err)
 	}
 	d.log.Info("datapath mode", "fast", !observed)
 	return nil
+}
+
+// fastFlag is config.fast for a datapath that is observed or not.
+func fastFlag(observed bool) uint8 {
+	if observed {
+		return 0
+	}
+	return 1
 }
