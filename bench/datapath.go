@@ -116,6 +116,7 @@ func runDatapath(ctx context.Context, e *Env) ([]Row, error) {
 	}
 	type key struct{ mode, test string }
 	res := map[key][]float64{}
+	profiles := map[string]profiled{} // the last run's, by mode+"/"+test
 	tests := []string{"tcp1", "tcp4", "udp64"}
 	// The datapath's figures swing the most between runs on a shared
 	// machine (a 4-stream TCP test from 12 to 24 Gbit/s): two more runs
@@ -126,7 +127,7 @@ func runDatapath(ctx context.Context, e *Env) ([]Row, error) {
 		last := run == runs-1
 		for _, t := range tests {
 			for _, m := range modes {
-				r, err := dpTest(e, m, t, last, cli, srv)
+				r, err := dpTest(e, m, t, last, cli, srv, profiles)
 				if err != nil {
 					return nil, fmt.Errorf("%s %s: %w", m.name, dpLabel[t], err)
 				}
@@ -134,6 +135,13 @@ func runDatapath(ctx context.Context, e *Env) ([]Row, error) {
 				res[key{m.name, t + "cpu"}] = append(res[key{m.name, t + "cpu"}], r.cpu)
 				e.Logf("datapath: run %d/%d: %-5s %-5s %s", run+1, runs, m.name, t, r.format(t))
 			}
+		}
+	}
+	for _, t := range []string{"tcp4", "udp64"} {
+		c, p := profiles["calyx/"+t], profiles["plain/"+t]
+		if c.prof != nil && p.prof != nil {
+			e.Note("datapath, %s: where calyx's time goes beyond plain routing's (perf record -a, the last run's calyx and plain tests, %s): %s",
+				dpLabel[t], extraUnit[t], extraTime(t, c, p))
 		}
 	}
 	var rows []Row
@@ -169,7 +177,7 @@ func runDatapath(ctx context.Context, e *Env) ([]Row, error) {
 // test t and takes the mode down again. In the last run, with -profile,
 // perf samples the machine (calyx and plain, 4-stream TCP and UDP), and
 // for calyx the kernel accounts the time spent in calyx's tc programs.
-func dpTest(e *Env, m dpMode, t string, last bool, cli, srv *lab.PodState) (iperfResult, error) {
+func dpTest(e *Env, m dpMode, t string, last bool, cli, srv *lab.PodState, profiles map[string]profiled) (iperfResult, error) {
 	defer m.off()
 	if err := m.setup(); err != nil {
 		return iperfResult{}, fmt.Errorf("setting up: %w", err)
@@ -186,6 +194,9 @@ func dpTest(e *Env, m dpMode, t string, last bool, cli, srv *lab.PodState) (iper
 		}
 	}
 	r, err := iperf(cli.NetNS, srv.NetNS, srv.IP, t)
+	if prof != nil && err == nil {
+		profiles[m.name+"/"+t] = profiled{prof, r}
+	}
 	if prof != nil {
 		e.Note("datapath profile, %s %s (perf record -a, samples of iperf3, softirq and idle threads, top symbols): %s", m.name, dpLabel[t], prof.summary())
 	}
@@ -344,4 +355,80 @@ func iperf(podNS, srvNS, server, test string) (iperfResult, error) {
 	}
 	gbit := r.End.SumReceived.Bytes * 8 / 1e9
 	return iperfResult{value: r.End.SumReceived.BitsPerSecond / 1e9, cpu: cpuSeconds / gbit, wall: wall}, nil
+}
+
+// profiled is one test's perf profile and what the test received.
+type profiled struct {
+	prof *perfRun
+	r    iperfResult
+}
+
+var extraUnit = map[string]string{"tcp4": "CPU time per Gbit received, core-ms", "udp64": "CPU time per packet received, core-µs"}
+
+// perUnit converts nanoseconds of CPU over a test to extraUnit's unit:
+// per Gbit (TCP) or per packet (UDP) received while perf sampled, which
+// is the test's iperfSeconds.
+func (p profiled) perUnit(t string, ns float64) float64 {
+	if t == "udp64" {
+		return ns / 1e3 / (p.r.value * 1e3 * iperfSeconds)
+	}
+	return ns / 1e6 / (p.r.value * iperfSeconds)
+}
+
+// extraTime compares calyx's profile with plain routing's, both per unit
+// received: the machine's busy time, the functions plain routing never
+// ran (calyx's programs and what they call, the redirect, …), and the
+// shared functions that grew most. The samples' noise is that of the
+// tests: read it beside the rows.
+func extraTime(t string, c, p profiled) string {
+	cs, err := c.prof.times()
+	if err != nil {
+		return err.Error()
+	}
+	ps, err := p.prof.times()
+	if err != nil {
+		return err.Error()
+	}
+	busy := func(x profiled, syms map[string]float64) float64 {
+		var ns float64
+		for s, v := range syms {
+			if !isIdle(s) {
+				ns += v
+			}
+		}
+		return x.perUnit(t, ns)
+	}
+	only, grown := map[string]float64{}, map[string]float64{}
+	var onlySum float64
+	for s, v := range cs {
+		if isIdle(s) {
+			continue
+		}
+		if ps[s] == 0 {
+			only[s] = c.perUnit(t, v)
+			onlySum += only[s]
+		} else if d := c.perUnit(t, v) - p.perUnit(t, ps[s]); d > 0 {
+			grown[s] = d
+		}
+	}
+	list := func(m map[string]float64, n int) string {
+		var l []string
+		for _, s := range topSymbols(m, n) {
+			l = append(l, fmt.Sprintf("`%s` %.3g", strings.TrimPrefix(s, "[k] "), m[s]))
+		}
+		return strings.Join(l, ", ")
+	}
+	return fmt.Sprintf("busy %.3g against plain's %.3g; in functions plain routing never ran %.3g: %s; most grown of the shared ones: %s",
+		busy(c, cs), busy(p, ps), onlySum, list(only, 12), list(grown, 6))
+}
+
+// isIdle says whether a kernel symbol is the idle loop's, where a CPU
+// with nothing to do waits.
+func isIdle(sym string) bool {
+	for _, s := range []string{"safe_halt", "default_idle", "cpuidle", "do_idle", "idle_enter", "idle_exit", "mwait"} {
+		if strings.Contains(sym, s) {
+			return true
+		}
+	}
+	return false
 }

@@ -1,10 +1,12 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -18,6 +20,9 @@ type perfRun struct {
 	comms []string
 	done  <-chan error
 	err   error
+
+	read bool               // times has run
+	syms map[string]float64 // what times read
 }
 
 // startPerf samples for seconds with perf record's target (e.g. -a, or
@@ -31,34 +36,73 @@ func startPerf(dir, name string, seconds int, target, comms []string) *perfRun {
 	return p
 }
 
-// summary waits for perf and returns the top symbols, in percent of the
-// samples kept.
-func (p *perfRun) summary() string {
+// times waits for perf and returns the CPU time sampled in each symbol of
+// p's comms, in nanoseconds (perf samples the software clock here: a
+// sample's period is the time it stands for). "[k] " marks the kernel's
+// symbols, "[.] " user space's.
+func (p *perfRun) times() (map[string]float64, error) {
+	if p.read {
+		return p.syms, p.err
+	}
+	p.read = true
 	if p.err != nil {
-		return "perf did not start (" + p.err.Error() + "): apt-get install linux-perf"
+		p.err = fmt.Errorf("perf did not start (%w): apt-get install linux-perf", p.err)
+		return nil, p.err
 	}
 	if err := <-p.done; err != nil {
-		return "perf record failed: " + err.Error()
+		p.err = fmt.Errorf("perf record failed: %w", err)
+		return nil, p.err
 	}
 	defer os.Remove(p.data)
-	args := []string{"report", "-i", p.data, "--stdio", "--no-children", "--percentage", "relative", "--sort", "sym"}
+	args := []string{"report", "-i", p.data, "--stdio", "--no-children", "--sort", "sym", "-F", "period,sym", "-g", "none"}
 	if len(p.comms) > 0 {
 		args = append(args, "--comms", strings.Join(p.comms, ","))
 	}
 	out, err := sh("perf", args...)
 	if err != nil {
-		return "perf report failed: " + err.Error()
+		p.err = fmt.Errorf("perf report failed: %w", err)
+		return nil, p.err
 	}
-	var top []string
+	p.syms = map[string]float64{}
 	for _, l := range strings.Split(out, "\n") {
 		f := strings.Fields(l)
-		if len(f) < 3 || strings.HasPrefix(f[0], "#") || !strings.HasSuffix(f[0], "%") {
+		if len(f) < 3 || strings.HasPrefix(f[0], "#") {
 			continue
 		}
-		top = append(top, fmt.Sprintf("%s %s %s", f[0], f[1], strings.Join(f[2:], " ")))
-		if len(top) == 8 {
-			break
+		ns, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
 		}
+		p.syms[strings.Join(f[1:], " ")] += ns
+	}
+	return p.syms, nil
+}
+
+// summary returns the top symbols, in percent of the time sampled.
+func (p *perfRun) summary() string {
+	syms, err := p.times()
+	if err != nil {
+		return err.Error()
+	}
+	var total float64
+	for _, ns := range syms {
+		total += ns
+	}
+	var top []string
+	for _, s := range topSymbols(syms, 8) {
+		top = append(top, fmt.Sprintf("%.2f%% %s", 100*syms[s]/total, s))
 	}
 	return "`" + strings.Join(top, "`, `") + "` ([k] kernel, [.] user)"
+}
+
+// topSymbols are the n symbols with the most time, most first.
+func topSymbols(syms map[string]float64, n int) []string {
+	names := make([]string, 0, len(syms))
+	for s := range syms {
+		names = append(names, s)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		return cmp.Or(cmp.Compare(syms[b], syms[a]), strings.Compare(a, b))
+	})
+	return names[:min(n, len(names))]
 }
