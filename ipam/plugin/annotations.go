@@ -21,7 +21,9 @@ import (
 // does not exist has none: a runtime's sandbox for a pod the API server
 // never knew (or already forgot) gets an address like any other.
 type Annotator interface {
-	PodAnnotations(ctx context.Context, namespace, name string) (map[string]string, error)
+	// PodAnnotations reads the pod's; uid is the sandbox's pod's UID, ""
+	// when the runtime did not pass it.
+	PodAnnotations(ctx context.Context, namespace, name, uid string) (map[string]string, error)
 	NamespaceAnnotations(ctx context.Context, name string) (map[string]string, error)
 }
 
@@ -37,12 +39,64 @@ var (
 	namespacesResource = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
 )
 
-func (k KubeAnnotator) PodAnnotations(ctx context.Context, namespace, name string) (map[string]string, error) {
+func (k KubeAnnotator) PodAnnotations(ctx context.Context, namespace, name, _ string) (map[string]string, error) {
 	return annotationsOf(k.Client.Resource(podsResource).Namespace(namespace).Get(ctx, name, metav1.GetOptions{}))
 }
 
 func (k KubeAnnotator) NamespaceAnnotations(ctx context.Context, name string) (map[string]string, error) {
 	return annotationsOf(k.Client.Resource(namespacesResource).Get(ctx, name, metav1.GetOptions{}))
+}
+
+// Cache is what the agent's informers hold of the pods on its node and of
+// the namespaces; ok says whether they can vouch for the answer (synced,
+// and the object seen).
+type Cache interface {
+	Pod(namespace, name string) (uid string, annotations map[string]string, ok bool)
+	Namespace(name string) (annotations map[string]string, ok bool)
+}
+
+// CachedAnnotator answers from Cache where it can and asks API otherwise,
+// so that a pod start waits for no API round trip: the pod the kubelet
+// starts is in the agent's node-scoped pod informer by the time its
+// sandbox asks for an address. A pod is taken from the cache only when its
+// UID is the sandbox's: a pod deleted and recreated under the same name
+// (a StatefulSet's, one pinned with calyx.dev/ipAddrs) may not have
+// reached the cache yet, and its predecessor's annotations must not
+// answer for it. Without a UID from the runtime the API answers.
+type CachedAnnotator struct {
+	Cache Cache
+	API   Annotator
+	// Read, if set, is told of every read: kind "pod" or "namespace",
+	// source "cache" or "api".
+	Read func(kind, source string)
+}
+
+func (c CachedAnnotator) read(kind, source string) {
+	if c.Read != nil {
+		c.Read(kind, source)
+	}
+}
+
+func (c CachedAnnotator) PodAnnotations(ctx context.Context, namespace, name, uid string) (map[string]string, error) {
+	if uid != "" {
+		if got, ann, ok := c.Cache.Pod(namespace, name); ok && got == uid {
+			c.read("pod", "cache")
+			return ann, nil
+		}
+	}
+	c.read("pod", "api")
+	return c.API.PodAnnotations(ctx, namespace, name, uid)
+}
+
+// NamespaceAnnotations answers from the cache when it has the namespace;
+// one it has not seen may be new, so the API answers for it.
+func (c CachedAnnotator) NamespaceAnnotations(ctx context.Context, name string) (map[string]string, error) {
+	if ann, ok := c.Cache.Namespace(name); ok {
+		c.read("namespace", "cache")
+		return ann, nil
+	}
+	c.read("namespace", "api")
+	return c.API.NamespaceAnnotations(ctx, name)
 }
 
 func annotationsOf(m *metav1.PartialObjectMetadata, err error) (map[string]string, error) {
@@ -70,7 +124,7 @@ func requestFor(ctx context.Context, a Annotator, pod podArgs) (podRequest, erro
 	if pod.Namespace == "" || pod.Name == "" {
 		return podRequest{}, nil // not a Kubernetes pod: nothing to read
 	}
-	podAnn, err := a.PodAnnotations(ctx, pod.Namespace, pod.Name)
+	podAnn, err := a.PodAnnotations(ctx, pod.Namespace, pod.Name, pod.UID)
 	if err != nil {
 		return podRequest{}, fmt.Errorf("reading the annotations of pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}

@@ -19,7 +19,7 @@ type fakeAnnotator struct {
 	nsReads          int
 }
 
-func (f *fakeAnnotator) PodAnnotations(_ context.Context, ns, name string) (map[string]string, error) {
+func (f *fakeAnnotator) PodAnnotations(_ context.Context, ns, name, _ string) (map[string]string, error) {
 	return f.pods[ns+"/"+name], nil
 }
 
@@ -48,12 +48,12 @@ func TestRequestFor(t *testing.T) {
 		want    podRequest
 		nsReads int
 	}{
-		{podArgs{"blue", "plain"}, podRequest{ipam.Request{Pools: []string{"blue-pool"}}, "annotation calyx.dev/ipv4pools of namespace blue"}, 1},
-		{podArgs{"blue", "own-pools"}, podRequest{ipam.Request{Pools: []string{"green-pool", "10.60.0.0/16"}}, "annotation calyx.dev/ipv4pools of pod blue/own-pools"}, 0},
-		{podArgs{"blue", "pinned"}, podRequest{ipam.Request{Addr: netip.MustParseAddr("192.168.29.67")}, "annotation calyx.dev/ipAddrs of pod blue/pinned"}, 0},
-		{podArgs{"default", "plain"}, podRequest{}, 1},
-		{podArgs{"default", "not-in-the-api"}, podRequest{}, 1},
-		{podArgs{"ns-addrs", "plain"}, podRequest{}, 1},
+		{podArgs{Namespace: "blue", Name: "plain"}, podRequest{ipam.Request{Pools: []string{"blue-pool"}}, "annotation calyx.dev/ipv4pools of namespace blue"}, 1},
+		{podArgs{Namespace: "blue", Name: "own-pools"}, podRequest{ipam.Request{Pools: []string{"green-pool", "10.60.0.0/16"}}, "annotation calyx.dev/ipv4pools of pod blue/own-pools"}, 0},
+		{podArgs{Namespace: "blue", Name: "pinned"}, podRequest{ipam.Request{Addr: netip.MustParseAddr("192.168.29.67")}, "annotation calyx.dev/ipAddrs of pod blue/pinned"}, 0},
+		{podArgs{Namespace: "default", Name: "plain"}, podRequest{}, 1},
+		{podArgs{Namespace: "default", Name: "not-in-the-api"}, podRequest{}, 1},
+		{podArgs{Namespace: "ns-addrs", Name: "plain"}, podRequest{}, 1},
 		{podArgs{}, podRequest{}, 0}, // not a Kubernetes pod
 	} {
 		t.Run(tc.pod.Namespace+"/"+tc.pod.Name, func(t *testing.T) {
@@ -90,13 +90,77 @@ func TestBadAnnotations(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := &fakeAnnotator{pods: map[string]map[string]string{"default/p": {tc.key: tc.value}}}
-			_, err := requestFor(context.Background(), a, podArgs{"default", "p"})
+			_, err := requestFor(context.Background(), a, podArgs{Namespace: "default", Name: "p"})
 			var e *types.Error
 			if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig {
 				t.Fatalf("err = %v, want a CNI error 7", err)
 			}
 			if e.Msg != tc.want {
 				t.Errorf("message\n got %s\nwant %s", e.Msg, tc.want)
+			}
+		})
+	}
+}
+
+// fakeCache is a Cache from maps; a pod's key holds its UID.
+type fakeCache struct {
+	pods       map[string]struct{ uid, pools string }
+	namespaces map[string]string
+}
+
+func (f fakeCache) Pod(ns, name string) (string, map[string]string, bool) {
+	p, ok := f.pods[ns+"/"+name]
+	return p.uid, map[string]string{"calyx.dev/ipv4pools": p.pools}, ok
+}
+
+func (f fakeCache) Namespace(name string) (map[string]string, bool) {
+	p, ok := f.namespaces[name]
+	return map[string]string{"calyx.dev/ipv4pools": p}, ok
+}
+
+func TestCachedAnnotator(t *testing.T) {
+	const pools = "calyx.dev/ipv4pools"
+	api := &fakeAnnotator{
+		pods: map[string]map[string]string{
+			"blue/web-0":  {pools: `["api-pool"]`},
+			"blue/cached": {pools: `["api-pool"]`},
+		},
+		namespaces: map[string]map[string]string{"new": {pools: `["api-ns-pool"]`}},
+	}
+	c := CachedAnnotator{
+		Cache: fakeCache{
+			pods: map[string]struct{ uid, pools string }{
+				"blue/cached": {"uid-1", `["cache-pool"]`},
+				// The cache still has the predecessor of a recreated pod.
+				"blue/web-0": {"uid-old", `["cache-pool"]`},
+			},
+			namespaces: map[string]string{"blue": `["cache-ns-pool"]`},
+		},
+		API: api,
+	}
+	for _, tc := range []struct {
+		name string
+		pod  podArgs
+		want podRequest
+	}{
+		{"cached pod, the sandbox's UID", podArgs{"blue", "cached", "uid-1"},
+			podRequest{ipam.Request{Pools: []string{"cache-pool"}}, "annotation calyx.dev/ipv4pools of pod blue/cached"}},
+		{"runtime passed no UID: the API answers", podArgs{"blue", "cached", ""},
+			podRequest{ipam.Request{Pools: []string{"api-pool"}}, "annotation calyx.dev/ipv4pools of pod blue/cached"}},
+		{"recreated pod the cache has not seen: the API answers", podArgs{"blue", "web-0", "uid-new"},
+			podRequest{ipam.Request{Pools: []string{"api-pool"}}, "annotation calyx.dev/ipv4pools of pod blue/web-0"}},
+		{"pod not cached, namespace cached", podArgs{"blue", "other", "uid-2"},
+			podRequest{ipam.Request{Pools: []string{"cache-ns-pool"}}, "annotation calyx.dev/ipv4pools of namespace blue"}},
+		{"namespace not cached: the API answers", podArgs{"new", "p", "uid-3"},
+			podRequest{ipam.Request{Pools: []string{"api-ns-pool"}}, "annotation calyx.dev/ipv4pools of namespace new"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := requestFor(context.Background(), c, tc.pod)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got, cmp.AllowUnexported(podRequest{}), cmpopts.EquateComparable(netip.Addr{})); diff != "" {
+				t.Errorf("requestFor(%+v) (-want +got):\n%s", tc.pod, diff)
 			}
 		})
 	}

@@ -153,10 +153,13 @@ func (c *Conf) nodeName() (string, error) {
 // podArgs are the Kubernetes fields of CNI_ARGS.
 type podArgs struct {
 	Namespace, Name string
+	// UID is the sandbox's pod's (K8S_POD_UID: containerd and CRI-O pass
+	// it), "" if the runtime did not say.
+	UID string
 }
 
-// parseArgs reads K8S_POD_NAMESPACE and K8S_POD_NAME from CNI_ARGS
-// ("K=V;K=V"), ignoring other keys as runtimes pass many.
+// parseArgs reads K8S_POD_NAMESPACE, K8S_POD_NAME and K8S_POD_UID from
+// CNI_ARGS ("K=V;K=V"), ignoring other keys as runtimes pass many.
 func parseArgs(s string) (podArgs, error) {
 	var a podArgs
 	if len(s) > 64<<10 {
@@ -181,6 +184,11 @@ func parseArgs(s string) (podArgs, error) {
 				return a, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid K8S_POD_NAME in CNI_ARGS", fmt.Sprintf("%q: %s", v, strings.Join(errs, "; ")))
 			}
 			a.Name = v
+		case "K8S_POD_UID":
+			if len(v) > 128 {
+				return a, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid K8S_POD_UID in CNI_ARGS", fmt.Sprintf("%d characters; a UID has 36", len(v)))
+			}
+			a.UID = v
 		}
 	}
 	return a, nil

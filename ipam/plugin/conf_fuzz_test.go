@@ -126,7 +126,10 @@ func FuzzParseArgs(f *testing.F) {
 		if a.Name != "" && len(validation.IsDNS1123Subdomain(a.Name)) > 0 {
 			t.Fatalf("accepted pod name %q", a.Name)
 		}
-		enc := "K8S_POD_NAMESPACE=" + a.Namespace + ";K8S_POD_NAME=" + a.Name
+		if len(a.UID) > 128 {
+			t.Fatalf("accepted a %d-character pod UID", len(a.UID))
+		}
+		enc := "K8S_POD_NAMESPACE=" + a.Namespace + ";K8S_POD_NAME=" + a.Name + ";K8S_POD_UID=" + a.UID
 		if a.Namespace == "" || a.Name == "" {
 			enc = ""
 		}
