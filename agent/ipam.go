@@ -21,6 +21,7 @@ import (
 type ipamMetrics struct {
 	calls    *prometheus.CounterVec   // command, code (0: success)
 	duration *prometheus.HistogramVec // command
+	reads    *prometheus.CounterVec   // kind, source
 }
 
 func newIPAMMetrics(reg prometheus.Registerer) *ipamMetrics {
@@ -34,10 +35,16 @@ func newIPAMMetrics(reg prometheus.Registerer) *ipamMetrics {
 			Help:    "Time the agent took to answer a CNI IPAM call, lock wait included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"command"}),
+		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "calyx_ipam_annotation_reads_total",
+			Help: "Annotation reads of the IPAM on the agent's socket, by kind (pod, namespace) and source (cache: the agent's informers; api: a read by name).",
+		}, []string{"kind", "source"}),
 	}
-	reg.MustRegister(m.calls, m.duration)
+	reg.MustRegister(m.calls, m.duration, m.reads)
 	return m
 }
+
+func (m *ipamMetrics) read(kind, source string) { m.reads.WithLabelValues(kind, source).Inc() }
 
 func (m *ipamMetrics) observe(req socket.Request, resp socket.Response, took time.Duration) {
 	code := "0"
@@ -73,14 +80,18 @@ func (a *Agent) serveIPAM(ctx context.Context, wg *sync.WaitGroup) {
 		log.Error("not serving IPAM on the socket; pods get addresses through the calyx-ipam binary", "err", err)
 		return
 	}
-	// The pod's annotations, with the agent's credential (get on pods and
-	// namespaces), metadata only.
+	// The pod's annotations, with the agent's credential, metadata only:
+	// from informers on the node's pods and the namespaces, by name from
+	// the API server when those cannot vouch.
 	md, err := metadata.NewForConfig(rc)
 	if err != nil {
 		log.Error("not serving IPAM on the socket; pods get addresses through the calyx-ipam binary", "err", err)
 		return
 	}
-	annotations := plugin.KubeAnnotator{Client: md}
+	metrics := newIPAMMetrics(a.metrics.Registry)
+	meta := newMetaCache(md, a.cfg.NodeName)
+	meta.run(ctx)
+	annotations := plugin.CachedAnnotator{Cache: meta, API: plugin.KubeAnnotator{Client: md}, Read: metrics.read}
 	srv := &plugin.Server{
 		Handler: &plugin.Handler{
 			NewAllocator: func(_ *plugin.NetConf, opts ipam.Options) (*ipam.IPAM, error) {
@@ -91,7 +102,7 @@ func (a *Agent) serveIPAM(ctx context.Context, wg *sync.WaitGroup) {
 			NewAnnotator: func(*plugin.NetConf) (plugin.Annotator, error) { return annotations, nil },
 		},
 		Logger:  log,
-		Observe: newIPAMMetrics(a.metrics.Registry).observe,
+		Observe: metrics.observe,
 	}
 	ln, err := plugin.Listen(a.cfg.IPAMSocket)
 	if err != nil {

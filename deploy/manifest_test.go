@@ -128,9 +128,11 @@ func TestManifestOnAPIServer(t *testing.T) {
 		{"list", "pods", "*", true},
 		{"watch", "pods", "*", true},
 		// The IPAM it serves on its socket: the pod's namespace's
-		// annotations.
+		// annotations, from an informer. Reading, never changing.
 		{"get", "namespaces", "", true},
-		{"list", "namespaces", "", false},
+		{"list", "namespaces", "", true},
+		{"watch", "namespaces", "", true},
+		{"update", "namespaces", "", false},
 		{"delete", "ipamblocks.calyx.dev", "", true},
 		{"list", "ipamaffinities.calyx.dev", "", true},
 		{"delete", "ipamaffinities.calyx.dev", "", true},

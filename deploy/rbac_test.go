@@ -106,8 +106,6 @@ var mustDeny = []canI{
 	{"update", "serviceaccounts", "kube-system", "calyx-cni-plugin"},
 	{"delete", "serviceaccounts", "kube-system", "calyx-cni-plugin"},
 	{"get", "configmaps", "kube-system", ""},
-	{"list", "namespaces", "", ""},
-	{"watch", "namespaces", "", ""},
 	{"update", "namespaces", "", ""},
 	{"delete", "namespaces", "", ""},
 	{"create", "nodes", "", ""},
@@ -189,6 +187,10 @@ var agentCalls = []canI{
 	// (annotationCalls).
 	{"list", "pods", "*", ""},
 	{"watch", "pods", "*", ""},
+	// The IPAM the agent serves answers annotation reads from informers:
+	// the node's pods (list and watch above) and the namespaces.
+	{"list", "namespaces", "", ""},
+	{"watch", "namespaces", "", ""},
 	{"delete", "ipamblocks.calyx.dev", "", ""},
 	{"list", "ipamaffinities.calyx.dev", "", ""},
 	{"delete", "ipamaffinities.calyx.dev", "", ""},

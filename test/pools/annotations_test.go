@@ -49,6 +49,18 @@ metadata:
 			t.Errorf("%s got %s, want an address of %s", key, p.IP, cidr)
 		}
 	}
+	// The annotations came from the agents' informers, not from an API
+	// read on each pod start (containerd 1.6 on node2, 2.x on node3 both
+	// pass the pod's UID).
+	for _, node := range []string{node2, node3} {
+		m, err := lab.AgentMetrics(t.Context(), node)
+		if err != nil {
+			t.Fatalf("the agent's metrics on %s: %v", node, err)
+		}
+		if !strings.Contains(m, `calyx_ipam_annotation_reads_total{kind="pod",source="cache"}`) {
+			t.Errorf("%s's agent read no pod's annotations from its cache:\n%s", node, grepLines(m, "calyx_ipam_annotation_reads_total"))
+		}
+	}
 	blue := ready(t, l, "blue/from-namespace")
 	if out, err := l.Client().Output(t.Context(), "default/plain", "ping", "-c", "3", "-W", "2", blue.IP); err != nil {
 		t.Errorf("a default-pool pod pinging the namespace's pool: %v\n%s", err, out)
@@ -145,4 +157,15 @@ func kubectlJSONPath(t *testing.T, l *lab.Lab, namespace, object, path string) s
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(out)
+}
+
+// grepLines are the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
