@@ -18,6 +18,9 @@ import (
 // pods for the cni part; the issue asks for at least 200.
 const cniPods = 200
 
+// cniNamespace is the namespace of the part's pods.
+const cniNamespace = "bench"
+
 // cniSetup is one way of wiring pods on a node: a conflist and the
 // directory its plugins come from.
 type cniSetup struct {
@@ -109,15 +112,16 @@ func refSetup(e *Env, node string) (*cniSetup, error) {
 type benchPod struct {
 	namespace, name, netns, id string
 	ip                         string
+	uid                        string // its Pod object's, if it has one
 }
 
 func newBenchPod(name string) (*benchPod, error) {
-	p := &benchPod{namespace: "bench", name: name, netns: "cxb-" + name, id: randSuffix() + randSuffix() + name}
+	p := &benchPod{namespace: cniNamespace, name: name, netns: "cxb-" + name, id: randSuffix() + randSuffix() + name}
 	return p, nsexec.CreateNamed(p.netns)
 }
 
 func (p *benchPod) rt() *libcni.RuntimeConf {
-	return &libcni.RuntimeConf{
+	rt := &libcni.RuntimeConf{
 		ContainerID: p.id, NetNS: nsexec.NamedPath(p.netns), IfName: "eth0",
 		Args: [][2]string{
 			{"IgnoreUnknown", "1"},
@@ -127,6 +131,10 @@ func (p *benchPod) rt() *libcni.RuntimeConf {
 		},
 		CapabilityArgs: map[string]any{"portMappings": []any{}},
 	}
+	if p.uid != "" {
+		rt.Args = append(rt.Args, [2]string{"K8S_POD_UID", p.uid})
+	}
+	return rt
 }
 
 // add runs ADD from the node's namespace, as containerd on the node would,
@@ -203,6 +211,9 @@ func runCNI(ctx context.Context, e *Env) ([]Row, error) {
 					nsexec.DeleteNamed(p.netns)
 				}
 			}
+			if err := deleteAPIPods(context.WithoutCancel(ctx), e.Lab.Client().Kube, cniNamespace); err != nil {
+				e.Logf("cni: deleting the part's Pod objects: %v", err)
+			}
 		}
 		for i := range cniPods {
 			for k := range setups {
@@ -213,6 +224,18 @@ func runCNI(ctx context.Context, e *Env) ([]Row, error) {
 				}
 				pods[k] = append(pods[k], p)
 			}
+		}
+		// Pods as a kubelet's sandboxes have them, for the setups that
+		// read their annotations (ptp + host-local reads none).
+		var withObjects []*benchPod
+		for k, s := range setups {
+			if s != ref {
+				withObjects = append(withObjects, pods[k]...)
+			}
+		}
+		if err := createAPIPods(ctx, e.Lab.Client().Kube, node, withObjects); err != nil {
+			cleanup()
+			return nil, err
 		}
 		add := make([][]time.Duration, len(setups))
 		del := make([][]time.Duration, len(setups))
@@ -254,7 +277,7 @@ func runCNI(ctx context.Context, e *Env) ([]Row, error) {
 	sc, sr, sf, sb := stats[0], stats[1], stats[2], stats[3]
 	refName := "ptp+host-local"
 	metric := func(what string) string { return fmt.Sprintf("%s over %d pods", what, cniPods) }
-	e.Note("cni: calyx + calyx-ipam is the calyx entry of the lab node's own conflist (calyx-ipam answered by the node's agent over ipam.agent_socket) through libcni from node %s's namespace; the reference is Debian's ptp + host-local (%s) on the same node, pod by pod interleaved. Extra rows, interleaved too: the whole shipped conflist (calyx, then portmap, which the reference lacks), and calyx-ipam run as a binary with its own API client (agent_socket removed: the path while the agent is down, and every ADD's before the socket).", node, e.Opts.RefCNIDir)
+	e.Note("cni: calyx + calyx-ipam is the calyx entry of the lab node's own conflist (calyx-ipam answered by the node's agent over ipam.agent_socket) through libcni from node %s's namespace; the reference is Debian's ptp + host-local (%s) on the same node, pod by pod interleaved. Every calyx sandbox has a Pod object bound to the node (refused by its kubelet, which starts no sandbox of its own) and passes its UID as K8S_POD_UID, as a runtime does, so the IPAM's annotation reads take a real pod start's path. Extra rows, interleaved too: the whole shipped conflist (calyx, then portmap, which the reference lacks), and calyx-ipam run as a binary with its own API client (agent_socket removed: the path while the agent is down, and every ADD's before the socket).", node, e.Opts.RefCNIDir)
 	return []Row{
 		{Part: "cni", Metric: metric("ADD p50, calyx + calyx-ipam"), Unit: "ms", Calyx: Of(sc.addP50...), RefName: refName, Ref: Of(sr.addP50...), Goal: RatioAtMost(1.5)},
 		{Part: "cni", Metric: metric("ADD p99, calyx + calyx-ipam"), Unit: "ms", Calyx: Of(sc.addP99...), RefName: refName, Ref: Of(sr.addP99...), Goal: RatioAtMost(3)},
