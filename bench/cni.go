@@ -233,7 +233,7 @@ func runCNI(ctx context.Context, e *Env) ([]Row, error) {
 				withObjects = append(withObjects, pods[k]...)
 			}
 		}
-		if err := createAPIPods(ctx, e.Lab.Client().Kube, node, withObjects); err != nil {
+		if err := createAPIPods(ctx, e.Lab.Client(), node, withObjects); err != nil {
 			cleanup()
 			return nil, err
 		}

@@ -7,13 +7,18 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/calyx-net/calyx/lab"
 )
 
-// cniPodLabel marks the Pod objects of the cni part's sandboxes.
-const cniPodLabel = "calyx.dev/bench"
+// cniPodLabel marks the Pod objects of the cni part's sandboxes, which
+// cniPodSelector finds.
+const (
+	cniPodLabel    = "calyx.dev/bench"
+	cniPodSelector = cniPodLabel + "=cni"
+)
 
 // createAPIPods gives each of pods a Pod object, as a kubelet's sandbox
 // has: bound to node, but with a node selector no node matches, so the
@@ -23,14 +28,15 @@ const cniPodLabel = "calyx.dev/bench"
 // (K8S_POD_UID): the IPAM's annotation reads take the path a real pod
 // start takes. It returns once the kubelet has refused every one, so its
 // status writes are not inside the measurement.
-func createAPIPods(ctx context.Context, kube kubernetes.Interface, node string, pods []*benchPod) error {
+func createAPIPods(ctx context.Context, c *lab.Client, node string, pods []*benchPod) error {
 	if len(pods) == 0 {
 		return nil
 	}
 	ns := pods[0].namespace
-	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating namespace %s: %w", ns, err)
+	if err := c.EnsureNamespace(ctx, ns); err != nil {
+		return err
 	}
+	kube := c.Kube
 	work := make(chan *benchPod)
 	errs := make(chan error, len(pods))
 	var wg sync.WaitGroup
@@ -80,7 +86,7 @@ func waitRefused(ctx context.Context, kube kubernetes.Interface, ns string, name
 	n := len(names)
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
-		list, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: cniPodLabel + "=cni"})
+		list, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: cniPodSelector})
 		if err != nil {
 			return fmt.Errorf("listing the cni part's pods: %w", err)
 		}
@@ -104,5 +110,5 @@ func waitRefused(ctx context.Context, kube kubernetes.Interface, ns string, name
 func deleteAPIPods(ctx context.Context, kube kubernetes.Interface, ns string) error {
 	zero := int64(0)
 	return kube.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero},
-		metav1.ListOptions{LabelSelector: cniPodLabel + "=cni"})
+		metav1.ListOptions{LabelSelector: cniPodSelector})
 }

@@ -101,7 +101,7 @@ func (c *Client) AddPod(ctx context.Context, spec PodSpec) (*PodState, error) {
 // CreatePod creates pod (its namespace too, if missing) and waits until
 // the kubelet runs it and reports it Ready.
 func (c *Client) CreatePod(ctx context.Context, pod *corev1.Pod) (*PodState, error) {
-	if err := c.ensureNamespace(ctx, pod.Namespace); err != nil {
+	if err := c.EnsureNamespace(ctx, pod.Namespace); err != nil {
 		return nil, err
 	}
 	if _, err := c.Kube.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {

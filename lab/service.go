@@ -72,7 +72,7 @@ func (c *Client) AddService(ctx context.Context, spec ServiceSpec) (*corev1.Serv
 		}
 		svc.Spec.Ports = append(svc.Spec.Ports, p)
 	}
-	if err := c.ensureNamespace(ctx, spec.Namespace); err != nil {
+	if err := c.EnsureNamespace(ctx, spec.Namespace); err != nil {
 		return nil, err
 	}
 	created, err := c.Kube.CoreV1().Services(spec.Namespace).Create(ctx, svc, metav1.CreateOptions{})
@@ -146,8 +146,8 @@ func (c *Client) WaitEndpoints(ctx context.Context, key string, n int, timeout t
 	}
 }
 
-// ensureNamespace creates the namespace unless it exists.
-func (c *Client) ensureNamespace(ctx context.Context, name string) error {
+// EnsureNamespace creates the namespace unless it exists.
+func (c *Client) EnsureNamespace(ctx context.Context, name string) error {
 	_, err := c.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating namespace %s: %w", name, err)

@@ -148,7 +148,7 @@ const TFTPServerScript = "syslogd -n -O - & exec in.tftpd --foreground --address
 // AddTFTPServer runs the toolbox's TFTP server in a pod, serving DemoFile
 // from the ConfigMap tftp-files of the pod's namespace (made if missing).
 func (c *Client) AddTFTPServer(ctx context.Context, spec PodSpec) (*PodState, error) {
-	if err := c.ensureNamespace(ctx, spec.Namespace); err != nil {
+	if err := c.EnsureNamespace(ctx, spec.Namespace); err != nil {
 		return nil, err
 	}
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "tftp-files", Namespace: spec.Namespace},
