@@ -6,7 +6,6 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/tools/cache"
@@ -28,11 +27,9 @@ func newMetaCache(md metadata.Interface, node string) *metaCache {
 	onNode := func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
 	}
-	pods := schema.GroupVersionResource{Version: "v1", Resource: "pods"}
-	namespaces := schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
 	c := &metaCache{
-		pods:       metadatainformer.NewFilteredMetadataInformer(md, pods, metav1.NamespaceAll, 0, cache.Indexers{}, onNode).Informer(),
-		namespaces: metadatainformer.NewFilteredMetadataInformer(md, namespaces, metav1.NamespaceAll, 0, cache.Indexers{}, nil).Informer(),
+		pods:       metadatainformer.NewFilteredMetadataInformer(md, plugin.PodsResource, metav1.NamespaceAll, 0, cache.Indexers{}, onNode).Informer(),
+		namespaces: metadatainformer.NewFilteredMetadataInformer(md, plugin.NamespacesResource, metav1.NamespaceAll, 0, cache.Indexers{}, nil).Informer(),
 	}
 	for _, inf := range []cache.SharedIndexInformer{c.pods, c.namespaces} {
 		_ = inf.SetTransform(trimMeta) // fails only once the informer runs

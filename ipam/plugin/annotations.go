@@ -34,17 +34,19 @@ type KubeAnnotator struct {
 	Client metadata.Interface
 }
 
+// The resources the annotations are read from, by name here and through
+// the agent's informers.
 var (
-	podsResource       = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
-	namespacesResource = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
+	PodsResource       = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
+	NamespacesResource = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
 )
 
 func (k KubeAnnotator) PodAnnotations(ctx context.Context, namespace, name, _ string) (map[string]string, error) {
-	return annotationsOf(k.Client.Resource(podsResource).Namespace(namespace).Get(ctx, name, metav1.GetOptions{}))
+	return annotationsOf(k.Client.Resource(PodsResource).Namespace(namespace).Get(ctx, name, metav1.GetOptions{}))
 }
 
 func (k KubeAnnotator) NamespaceAnnotations(ctx context.Context, name string) (map[string]string, error) {
-	return annotationsOf(k.Client.Resource(namespacesResource).Get(ctx, name, metav1.GetOptions{}))
+	return annotationsOf(k.Client.Resource(NamespacesResource).Get(ctx, name, metav1.GetOptions{}))
 }
 
 // Cache is what the agent's informers hold of the pods on its node and of
