@@ -18,6 +18,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -286,8 +287,14 @@ func (s *Stranger) Detach() error {
 		errs = append(errs, err)
 	}
 	err := inNetNS(UnderlayNS, func() error {
-		if l, err := netlink.LinkByName(s.peer); err == nil {
-			return netlink.LinkDel(l)
+		l, err := netlink.LinkByName(s.peer)
+		if err != nil {
+			return nil
+		}
+		// The namespace's deletion removes the pair in the background:
+		// the port found a moment ago may be gone now.
+		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			return err
 		}
 		return nil
 	})
