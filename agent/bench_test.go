@@ -68,7 +68,7 @@ func benchNode(b *testing.B) *testnet.NS {
 //
 //	go test -run '^$' -bench Sync -benchtime 5x ./agent/
 func BenchmarkSync(b *testing.B) {
-	for _, n := range []int{1000, 5000} {
+	for _, n := range []int{1000, 5000, 10000} {
 		in := syntheticCluster(n)
 		b.Run(fmt.Sprintf("blocks=%d/cold", n), func(b *testing.B) {
 			ns := benchNode(b)
