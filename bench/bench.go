@@ -29,8 +29,8 @@ type Options struct {
 	BinDir string
 	// RefCNIDir holds the reference plugins ptp and host-local.
 	RefCNIDir string
-	// Profile samples the machine with perf during the datapath's last
-	// 4-stream TCP and UDP tests and adds the top symbols to the notes.
+	// Profile adds a datapath run outside the medians that samples the
+	// 4-stream TCP and UDP tests with perf, for the notes' top symbols.
 	Profile bool
 	// Progress receives a line per step.
 	Progress io.Writer

@@ -116,7 +116,7 @@ func runDatapath(ctx context.Context, e *Env) ([]Row, error) {
 	}
 	type key struct{ mode, test string }
 	res := map[key][]float64{}
-	profiles := map[string]profiled{} // the last run's, by mode+"/"+test
+	profiles := map[string]profiled{} // the profiled run's, by mode+"/"+test
 	tests := []string{"tcp1", "tcp4", "udp64"}
 	// The datapath's figures swing the most between runs on a shared
 	// machine (a 4-stream TCP test from 12 to 24 Gbit/s): two more runs
@@ -124,10 +124,9 @@ func runDatapath(ctx context.Context, e *Env) ([]Row, error) {
 	// test, so that the ones compared share the machine's state.
 	runs := e.Opts.Runs + 2
 	for run := range runs {
-		last := run == runs-1
 		for _, t := range tests {
 			for _, m := range modes {
-				r, err := dpTest(e, m, t, last, cli, srv, profiles)
+				r, err := dpTest(e, m, t, false, cli, srv, profiles)
 				if err != nil {
 					return nil, fmt.Errorf("%s %s: %w", m.name, dpLabel[t], err)
 				}
@@ -137,10 +136,27 @@ func runDatapath(ctx context.Context, e *Env) ([]Row, error) {
 			}
 		}
 	}
+	// Profiles come from a run of their own, outside the medians: perf
+	// slows every mode, and the BPF run-time accounting (two clock reads
+	// per program run) slows calyx's alone.
+	if e.Opts.Profile {
+		for _, t := range []string{"tcp4", "udp64"} {
+			for _, m := range modes {
+				if m.name != "calyx" && m.name != "plain" {
+					continue
+				}
+				r, err := dpTest(e, m, t, true, cli, srv, profiles)
+				if err != nil {
+					return nil, fmt.Errorf("%s %s, profiled: %w", m.name, dpLabel[t], err)
+				}
+				e.Logf("datapath: profiled run (not in the medians): %-5s %-5s %s", m.name, t, r.format(t))
+			}
+		}
+	}
 	for _, t := range []string{"tcp4", "udp64"} {
 		c, p := profiles["calyx/"+t], profiles["plain/"+t]
 		if c.prof != nil && p.prof != nil {
-			e.Note("datapath, %s: where calyx's time goes beyond plain routing's (perf record -a, the last run's calyx and plain tests, %s): %s",
+			e.Note("datapath, %s: where calyx's time goes beyond plain routing's (perf record -a, the profiled run's calyx and plain tests, %s): %s",
 				dpLabel[t], extraUnit[t], extraTime(t, c, p))
 		}
 	}
@@ -174,10 +190,10 @@ func runDatapath(ctx context.Context, e *Env) ([]Row, error) {
 }
 
 // dpTest sets mode m up, checks that the pods reach each other, runs
-// test t and takes the mode down again. In the last run, with -profile,
-// perf samples the machine (calyx and plain, 4-stream TCP and UDP), and
-// for calyx the kernel accounts the time spent in calyx's tc programs.
-func dpTest(e *Env, m dpMode, t string, last bool, cli, srv *lab.PodState, profiles map[string]profiled) (iperfResult, error) {
+// test t and takes the mode down again. With profile, perf samples the
+// machine, and for calyx the kernel accounts the time spent in calyx's tc
+// programs.
+func dpTest(e *Env, m dpMode, t string, profile bool, cli, srv *lab.PodState, profiles map[string]profiled) (iperfResult, error) {
 	defer m.off()
 	if err := m.setup(); err != nil {
 		return iperfResult{}, fmt.Errorf("setting up: %w", err)
@@ -187,7 +203,7 @@ func dpTest(e *Env, m dpMode, t string, last bool, cli, srv *lab.PodState, profi
 	}
 	var prof *perfRun
 	var progs *bpfStats
-	if e.Opts.Profile && last && (m.name == "calyx" || m.name == "plain") && t != "tcp1" {
+	if profile {
 		prof = startPerf(e.Dir, m.name+"-"+t, iperfSeconds, []string{"-a"}, datapathComms)
 		if m.name == "calyx" {
 			progs = startBPFStats()
