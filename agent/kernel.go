@@ -69,7 +69,8 @@ func report(errc chan<- error) func(error) {
 	}
 }
 
-// watchRoutes: a change to a route of the agent's protocol.
+// watchRoutes: a change to a route of the agent's protocol that the
+// routes writer did not make itself.
 func (a *Agent) watchRoutes(done <-chan struct{}, errc chan<- error) error {
 	ns := a.ns
 	ch := make(chan netlink.RouteUpdate, 1024)
@@ -77,7 +78,9 @@ func (a *Agent) watchRoutes(done <-chan struct{}, errc chan<- error) error {
 		Namespace: &ns, ErrorCallback: report(errc), ReceiveBufferSize: 4 << 20,
 	})
 	if err == nil {
-		go relay(ch, func(u netlink.RouteUpdate) bool { return u.Protocol == routes.Protocol }, a.kernelChanged, report(errc))
+		go relay(ch, func(u netlink.RouteUpdate) bool {
+			return u.Protocol == routes.Protocol && !a.routes.Expected(u)
+		}, a.kernelChanged, report(errc))
 	}
 	return err
 }

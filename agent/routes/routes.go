@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -53,6 +54,10 @@ func InstallProtocolName(dir string) error {
 // belongs to.
 type Table struct {
 	h *netlink.Handle
+	// target is what the latest Reconcile makes the table, by destination,
+	// published before it writes: the kernel reports each of its writes
+	// back, and Expected tells those from anyone else's.
+	target atomic.Pointer[map[netip.Prefix]netlink.Route]
 }
 
 // New is a Table working through h, a handle in the node's namespace.
@@ -75,14 +80,66 @@ func (r Result) Changed() bool { return r.Added+r.Replaced+r.Deleted > 0 }
 // Reconcile makes the calyx routes of the main table exactly want.
 func (t *Table) Reconcile(want []desired.Route) (Result, error) {
 	var res Result
+	target, errs := t.resolve(want)
+	t.target.Store(&target)
 	all, err := t.listMain()
 	if err != nil {
 		return res, err
 	}
 	ours, theirs := classify(all)
-	errs := t.program(want, ours, theirs, &res)
+	errs = append(errs, t.program(want, target, ours, theirs, &res)...)
 	errs = append(errs, t.prune(want, ours, &res)...)
 	return res, summarize(errs)
+}
+
+// Expected reports whether u, the kernel's report of a change to a calyx
+// route, leaves the main table as the latest Reconcile makes it: most
+// likely that Reconcile's own write coming back. A watcher that resyncs
+// on the others only does not answer every route the agent writes with a
+// second full reconcile (at 10,000 blocks, ~0.25 s of CPU after the first
+// sync alone). Before any Reconcile, nothing is expected.
+func (t *Table) Expected(u netlink.RouteUpdate) bool {
+	target := t.target.Load()
+	if target == nil || u.Table != unix.RT_TABLE_MAIN {
+		return false
+	}
+	want, ok := (*target)[dstOf(u.Route)]
+	switch u.Type {
+	case unix.RTM_NEWROUTE:
+		return ok && same(u.Route, want)
+	case unix.RTM_DELROUTE:
+		// A stale route, or a leftover beside the wanted one.
+		return !ok || !same(u.Route, want)
+	}
+	return false
+}
+
+// resolve turns want into the kernel's routes, by destination; a route
+// whose device is missing is left out, with its error.
+func (t *Table) resolve(want []desired.Route) (map[netip.Prefix]netlink.Route, []error) {
+	links := map[string]int{}
+	linkIndex := func(name string) (int, error) {
+		if i, ok := links[name]; ok {
+			return i, nil
+		}
+		l, err := t.h.LinkByName(name)
+		if err != nil {
+			return 0, fmt.Errorf("looking up %s for routes: %w (the tunnel datapath or the underlay NIC is missing)", name, err)
+		}
+		links[name] = l.Attrs().Index
+		return l.Attrs().Index, nil
+	}
+	target := make(map[netip.Prefix]netlink.Route, len(want))
+	var errs []error
+	for _, w := range want {
+		nr, err := toNetlink(w, linkIndex)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		target[w.Dst] = nr
+	}
+	return target, errs
 }
 
 // classify splits the main table's routes into the agent's, by
@@ -104,30 +161,17 @@ func classify(all []netlink.Route) (ours map[netip.Prefix][]netlink.Route, their
 
 // program adds or replaces every wanted route the kernel does not have as
 // wanted, and deletes the leftovers of a replaced one. A destination that
-// another protocol's route holds is left alone, as a conflict.
-func (t *Table) program(want []desired.Route, ours map[netip.Prefix][]netlink.Route, theirs map[netip.Prefix]netlink.Route, res *Result) []error {
-	links := map[string]int{}
-	linkIndex := func(name string) (int, error) {
-		if i, ok := links[name]; ok {
-			return i, nil
-		}
-		l, err := t.h.LinkByName(name)
-		if err != nil {
-			return 0, fmt.Errorf("looking up %s for routes: %w (the tunnel datapath or the underlay NIC is missing)", name, err)
-		}
-		links[name] = l.Attrs().Index
-		return l.Attrs().Index, nil
-	}
-
+// another protocol's route holds is left alone, as a conflict; one that
+// did not resolve has its error from resolve already.
+func (t *Table) program(want []desired.Route, target map[netip.Prefix]netlink.Route, ours map[netip.Prefix][]netlink.Route, theirs map[netip.Prefix]netlink.Route, res *Result) []error {
 	var errs []error
 	for _, w := range want {
 		if _, ok := theirs[w.Dst]; ok {
 			res.Conflicts = append(res.Conflicts, fmt.Sprintf("%s: a route of another protocol has this destination; not replaced", w))
 			continue
 		}
-		nr, err := toNetlink(w, linkIndex)
-		if err != nil {
-			errs = append(errs, err)
+		nr, ok := target[w.Dst]
+		if !ok {
 			continue
 		}
 		have := ours[w.Dst]

@@ -1,12 +1,17 @@
 package routes
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/calyx-net/calyx/agent/desired"
 	"github.com/calyx-net/calyx/agent/testnet"
@@ -215,5 +220,88 @@ func TestInstallProtocolName(t *testing.T) {
 	}
 	if diff := cmp.Diff("# routes programmed by calyx-agent\n202\tcalyx\n", string(b)); diff != "" {
 		t.Error(diff)
+	}
+}
+
+// TestExpected: the kernel's reports of Reconcile's own writes are
+// expected, anyone else's changes to calyx routes are not, so that the
+// agent resyncs on drift and not on its own work.
+func TestExpected(t *testing.T) {
+	ns, tbl, _ := node(t)
+	updates := make(chan netlink.RouteUpdate, 64)
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	if err := netlink.RouteSubscribeWithOptions(updates, done, netlink.RouteSubscribeOptions{Namespace: &ns.Handle}); err != nil {
+		t.Fatal(err)
+	}
+	// Each step's reports of calyx routes, as "add|del <dst> expected|unexpected".
+	reports := func(n int) []string {
+		var out []string
+		for len(out) < n {
+			select {
+			case u := <-updates:
+				if u.Protocol != Protocol {
+					continue
+				}
+				verb := map[uint16]string{unix.RTM_NEWROUTE: "add", unix.RTM_DELROUTE: "del"}[u.Type]
+				out = append(out, fmt.Sprintf("%s %s %s", verb, dstOf(u.Route), map[bool]string{true: "expected", false: "unexpected"}[tbl.Expected(u)]))
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%d route reports, want %d: %q", len(out), n, out)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	want := []desired.Route{
+		tunnelRoute("192.168.29.64/26", "10.10.100.208"),
+		directRoute("192.168.44.0/26", "10.10.100.207"),
+		blackhole("192.168.154.192/26"),
+	}
+
+	steps := []struct {
+		name string
+		do   func()
+		want []string
+	}{
+		{"the agent programs its routes", func() { mustReconcile(t, tbl, want) }, []string{
+			"add 192.168.154.192/26 expected",
+			"add 192.168.29.64/26 expected",
+			"add 192.168.44.0/26 expected",
+		}},
+		{"someone deletes one, repoints one and adds one of calyx's protocol", func() {
+			ns.IP(t, "route", "del", "192.168.29.64/26")
+			ns.IP(t, "route", "replace", "192.168.44.0/26", "via", "10.10.100.9", "dev", "ens160", "proto", "202")
+			ns.IP(t, "route", "add", "192.168.99.0/26", "via", "10.10.100.9", "proto", "202")
+		}, []string{
+			"add 192.168.44.0/26 unexpected",
+			"add 192.168.99.0/26 unexpected",
+			"del 192.168.29.64/26 unexpected",
+		}},
+		{"the agent repairs them", func() { mustReconcile(t, tbl, want) }, []string{
+			"add 192.168.29.64/26 expected",
+			"add 192.168.44.0/26 expected",
+			"del 192.168.99.0/26 expected",
+		}},
+		{"the agent stops wanting one", func() { mustReconcile(t, tbl, want[1:]) }, []string{
+			"del 192.168.29.64/26 expected",
+		}},
+	}
+	for _, step := range steps {
+		step.do()
+		if diff := cmp.Diff(step.want, reports(len(step.want))); diff != "" {
+			t.Errorf("%s: route reports (-want +got):\n%s", step.name, diff)
+		}
+	}
+	select {
+	case u := <-updates:
+		t.Errorf("a report nobody caused: %+v", u)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+func mustReconcile(t *testing.T, tbl *Table, want []desired.Route) {
+	t.Helper()
+	if _, err := tbl.Reconcile(want); err != nil {
+		t.Fatal(err)
 	}
 }
