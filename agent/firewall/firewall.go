@@ -20,11 +20,14 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/calyx-net/calyx/agent/desired"
@@ -63,6 +66,14 @@ const (
 // Firewall reconciles the table in one network namespace.
 type Firewall struct {
 	nsFD int // 0: the current namespace
+
+	// mu serializes Reconciles on w, the lasting connection they read
+	// and commit through (opened on first use, dropped after a failure);
+	// port is w's netlink port, which nftables names in its report of
+	// every commit made through w (Committed).
+	mu   sync.Mutex
+	w    *nftables.Conn
+	port atomic.Uint32
 }
 
 // New is a Firewall for the namespace whose file descriptor is nsFD (0 for
@@ -80,6 +91,111 @@ func (f *Firewall) Conn() (*nftables.Conn, error) {
 		return nil, fmt.Errorf("opening nftables netlink: %w", err)
 	}
 	return c, nil
+}
+
+// WatchConn opens a connection for an nftables monitor. Its receive buffer
+// holds 4 MB: one commit that fills a set of thousands of nodes reports
+// every element, and a smaller buffer overflows, which ends the monitor.
+func (f *Firewall) WatchConn() (*nftables.Conn, error) {
+	opts := []nftables.ConnOption{nftables.WithSockOptions(func(c *netlink.Conn) error {
+		if err := setBuffer(c, unix.SO_RCVBUFFORCE, 4<<20); err != nil {
+			return fmt.Errorf("enlarging the nftables monitor's receive buffer: %w", err)
+		}
+		return nil
+	})}
+	if f.nsFD > 0 {
+		opts = append(opts, nftables.WithNetNSFd(f.nsFD))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("opening nftables netlink: %w", err)
+	}
+	return c, nil
+}
+
+// Committed reports whether h, the header of nftables' report of a new
+// generation (NFT_MSG_NEWGEN, which carries the committing socket's port),
+// reports a commit of Reconcile's: a watcher of the table need not answer
+// the agent's own changes with another reconcile.
+func (f *Firewall) Committed(h netlink.Header) bool {
+	p := f.port.Load()
+	return p != 0 && h.PID == p
+}
+
+// Close closes Reconcile's connection, if one is open.
+func (f *Firewall) Close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.dropWriter()
+}
+
+// writer is Reconcile's lasting connection, opened when there is none.
+func (f *Firewall) writer() (*nftables.Conn, error) {
+	if f.w != nil {
+		return f.w, nil
+	}
+	var port uint32
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(func(c *netlink.Conn) (err error) {
+		// A commit is one sendmsg, which the kernel refuses when it is
+		// larger than the socket's send buffer (212 KB by default:
+		// ~10,000 node addresses).
+		if err := setBuffer(c, unix.SO_SNDBUFFORCE, 8<<20); err != nil {
+			return fmt.Errorf("enlarging the nftables socket's send buffer: %w", err)
+		}
+		port, err = portOf(c)
+		return err
+	})}
+	if f.nsFD > 0 {
+		opts = append(opts, nftables.WithNetNSFd(f.nsFD))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("opening nftables netlink: %w", err)
+	}
+	f.w = c
+	f.port.Store(port)
+	return c, nil
+}
+
+func (f *Firewall) dropWriter() {
+	if f.w != nil {
+		f.w.CloseLasting()
+		f.w = nil
+		f.port.Store(0)
+	}
+}
+
+// setBuffer sets one of c's socket buffer sizes (SO_SNDBUFFORCE or
+// SO_RCVBUFFORCE: the agent has CAP_NET_ADMIN, and net.core.*mem_max
+// would cap the unforced options).
+func setBuffer(c *netlink.Conn, opt, bytes int) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, bytes) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+// portOf is the netlink port the kernel bound c's socket to.
+func portOf(c *netlink.Conn) (uint32, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("nftables socket: %w", err)
+	}
+	var sa unix.Sockaddr
+	var serr error
+	if err := raw.Control(func(fd uintptr) { sa, serr = unix.Getsockname(int(fd)) }); err != nil {
+		return 0, fmt.Errorf("nftables socket: %w", err)
+	}
+	nl, ok := sa.(*unix.SockaddrNetlink)
+	if serr != nil || !ok {
+		return 0, fmt.Errorf("the nftables socket's netlink port: %v", serr)
+	}
+	return nl.Pid, nil
 }
 
 // Result says what Reconcile changed.
@@ -332,11 +448,19 @@ func be32(v uint64) []byte { return binaryutil.BigEndian.PutUint32(uint32(v)) }
 // chains and sets of the table that are no longer part of it. Everything
 // goes to the kernel as one transaction: each step below reads what the
 // table has and queues its changes on the same connection.
-func (f *Firewall) Reconcile(fw desired.Firewall) (Result, error) {
-	c, err := f.Conn()
+func (f *Firewall) Reconcile(fw desired.Firewall) (res Result, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.writer()
 	if err != nil {
 		return Result{}, err
 	}
+	defer func() {
+		if err != nil {
+			// The socket may be what broke: the next try opens another.
+			f.dropWriter()
+		}
+	}()
 	tx := &transaction{c: c, fw: fw}
 	if err := tx.table(); err != nil {
 		return tx.res, err
@@ -422,8 +546,11 @@ func (tx *transaction) sets() (stale []*nftables.Set, err error) {
 		// keeps AddSet off the library's global counter, which it bumps
 		// without a lock (agents of several nodes share a test process).
 		set := &nftables.Set{Table: table, Name: s.name, ID: uint32(i + 1), KeyType: nftables.TypeIPAddr, Interval: s.interval}
-		if err := c.AddSet(set, s.elems); err != nil {
+		if err := c.AddSet(set, nil); err != nil {
 			return nil, fmt.Errorf("creating set %s: %w", s.name, err)
+		}
+		if err := inChunks(set, s.elems, c.SetAddElements); err != nil {
+			return nil, fmt.Errorf("filling set %s: %w", s.name, err)
 		}
 		tx.res.UpdatedSets = append(tx.res.UpdatedSets, s.name)
 	}
@@ -450,14 +577,29 @@ func (tx *transaction) updateSet(have *nftables.Set, want setSpec) error {
 	if u.flush {
 		tx.c.FlushSet(have)
 	}
-	if len(u.del) > 0 {
-		if err := tx.c.SetDeleteElements(have, u.del); err != nil {
-			return fmt.Errorf("updating set %s: %w", want.name, err)
-		}
+	if err := inChunks(have, u.del, tx.c.SetDeleteElements); err != nil {
+		return fmt.Errorf("updating set %s: %w", want.name, err)
 	}
-	if len(u.add) > 0 {
-		if err := tx.c.SetAddElements(have, u.add); err != nil {
-			return fmt.Errorf("updating set %s: %w", want.name, err)
+	if err := inChunks(have, u.add, tx.c.SetAddElements); err != nil {
+		return fmt.Errorf("updating set %s: %w", want.name, err)
+	}
+	return nil
+}
+
+// setChunk is the most elements one set-element message carries. The
+// library nests a message's elements in one attribute, whose length field
+// has 16 bits: past ~4,000 addresses it wraps, and the kernel silently
+// takes only the tail (a set of 4,500 nodes held 404). An interval
+// element takes at most ~40 bytes; 1,024 of them stay well inside.
+const setChunk = 1024
+
+// inChunks queues elems for set through op (SetAddElements or
+// SetDeleteElements), setChunk at a time; the messages still go to the
+// kernel as one transaction.
+func inChunks(set *nftables.Set, elems []nftables.SetElement, op func(*nftables.Set, []nftables.SetElement) error) error {
+	for chunk := range slices.Chunk(elems, setChunk) {
+		if err := op(set, chunk); err != nil {
+			return err
 		}
 	}
 	return nil
