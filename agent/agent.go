@@ -368,6 +368,9 @@ func (a *Agent) close() {
 			a.log.Warn("closing the datapath", "err", err)
 		}
 	}
+	if a.firewall != nil {
+		a.firewall.Close()
+	}
 	if a.nl != nil {
 		a.nl.Close()
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/calyx-net/calyx/agent/desired"
 	"github.com/calyx-net/calyx/agent/firewall"
@@ -117,15 +118,15 @@ func (a *Agent) watchLinks(done <-chan struct{}, errc chan<- error) error {
 	return err
 }
 
-// watchNftables: a change to the agent's table, or an event the monitor
-// could not decode.
+// watchNftables: a change to the agent's table that the agent did not
+// commit itself, or an event the monitor could not decode.
 func (a *Agent) watchNftables(done <-chan struct{}, errc chan<- error) error {
-	c, err := a.firewall.Conn()
+	c, err := a.firewall.WatchConn()
 	if err != nil {
 		return err
 	}
 	mon := nftables.NewMonitor(nftables.WithMonitorEventBuffer(256))
-	events, err := c.AddMonitor(mon)
+	events, err := c.AddGenerationalMonitor(mon)
 	if err != nil {
 		return err
 	}
@@ -133,8 +134,26 @@ func (a *Agent) watchNftables(done <-chan struct{}, errc chan<- error) error {
 		<-done
 		mon.Close()
 	}()
-	go relay(events, func(ev *nftables.MonitorEvent) bool { return ev.Error != nil || ours(ev.Data) }, a.kernelChanged, report(errc))
+	go relay(events, a.nftChangeConcerns, a.kernelChanged, report(errc))
 	return nil
+}
+
+// nftChangeConcerns: one commit's changes (a generation) concern the
+// agent when they touch its table and another process made them.
+func (a *Agent) nftChangeConcerns(evs *nftables.MonitorEvents) bool {
+	gen := evs.GeneratedBy
+	if gen == nil || gen.Error != nil {
+		return true
+	}
+	if gen.Type == nftables.MonitorEventType(unix.NFT_MSG_NEWGEN) && a.firewall.Committed(gen.Header) {
+		return false
+	}
+	for _, ev := range evs.Changes {
+		if ev.Error != nil || ours(ev.Data) {
+			return true
+		}
+	}
+	return false
 }
 
 // relay calls changed for every update on ch that concerns the agent,
