@@ -57,7 +57,9 @@ type Table struct {
 	// target is what the latest Reconcile makes the table, by destination,
 	// published before it writes: the kernel reports each of its writes
 	// back, and Expected tells those from anyone else's.
-	target atomic.Pointer[map[netip.Prefix]netlink.Route]
+	target atomic.Pointer[map[netip.Prefix]kernelRoute]
+	// lastDump is how many routes the main table had at the last look.
+	lastDump atomic.Int64
 }
 
 // New is a Table working through h, a handle in the node's namespace.
@@ -106,17 +108,17 @@ func (t *Table) Expected(u netlink.RouteUpdate) bool {
 	want, ok := (*target)[dstOf(u.Route)]
 	switch u.Type {
 	case unix.RTM_NEWROUTE:
-		return ok && same(u.Route, want)
+		return ok && want.matches(u.Route)
 	case unix.RTM_DELROUTE:
 		// A stale route, or a leftover beside the wanted one.
-		return !ok || !same(u.Route, want)
+		return !ok || !want.matches(u.Route)
 	}
 	return false
 }
 
 // resolve turns want into the kernel's routes, by destination; a route
 // whose device is missing is left out, with its error.
-func (t *Table) resolve(want []desired.Route) (map[netip.Prefix]netlink.Route, []error) {
+func (t *Table) resolve(want []desired.Route) (map[netip.Prefix]kernelRoute, []error) {
 	links := map[string]int{}
 	linkIndex := func(name string) (int, error) {
 		if i, ok := links[name]; ok {
@@ -129,15 +131,15 @@ func (t *Table) resolve(want []desired.Route) (map[netip.Prefix]netlink.Route, [
 		links[name] = l.Attrs().Index
 		return l.Attrs().Index, nil
 	}
-	target := make(map[netip.Prefix]netlink.Route, len(want))
+	target := make(map[netip.Prefix]kernelRoute, len(want))
 	var errs []error
 	for _, w := range want {
-		nr, err := toNetlink(w, linkIndex)
+		k, err := resolveRoute(w, linkIndex)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		target[w.Dst] = nr
+		target[w.Dst] = k
 	}
 	return target, errs
 }
@@ -145,11 +147,14 @@ func (t *Table) resolve(want []desired.Route) (map[netip.Prefix]netlink.Route, [
 // classify splits the main table's routes into the agent's, by
 // destination, and others' of the main metric and TOS (those a calyx
 // route to the same destination would replace).
-func classify(all []netlink.Route) (ours map[netip.Prefix][]netlink.Route, theirs map[netip.Prefix]netlink.Route) {
-	ours = map[netip.Prefix][]netlink.Route{}
-	theirs = map[netip.Prefix]netlink.Route{}
-	for _, r := range all {
-		dst := dstOf(r)
+func classify(all []netlink.Route) (ours map[netip.Prefix][]*netlink.Route, theirs map[netip.Prefix]*netlink.Route) {
+	// Pointers into all: a copy of each route per block would double
+	// what a resync allocates.
+	ours = make(map[netip.Prefix][]*netlink.Route, len(all))
+	theirs = map[netip.Prefix]*netlink.Route{}
+	for i := range all {
+		r := &all[i]
+		dst := dstOf(*r)
 		if r.Protocol == Protocol {
 			ours[dst] = append(ours[dst], r)
 		} else if r.Priority == 0 && r.Tos == 0 {
@@ -163,22 +168,23 @@ func classify(all []netlink.Route) (ours map[netip.Prefix][]netlink.Route, their
 // wanted, and deletes the leftovers of a replaced one. A destination that
 // another protocol's route holds is left alone, as a conflict; one that
 // did not resolve has its error from resolve already.
-func (t *Table) program(want []desired.Route, target map[netip.Prefix]netlink.Route, ours map[netip.Prefix][]netlink.Route, theirs map[netip.Prefix]netlink.Route, res *Result) []error {
+func (t *Table) program(want []desired.Route, target map[netip.Prefix]kernelRoute, ours map[netip.Prefix][]*netlink.Route, theirs map[netip.Prefix]*netlink.Route, res *Result) []error {
 	var errs []error
 	for _, w := range want {
 		if _, ok := theirs[w.Dst]; ok {
 			res.Conflicts = append(res.Conflicts, fmt.Sprintf("%s: a route of another protocol has this destination; not replaced", w))
 			continue
 		}
-		nr, ok := target[w.Dst]
+		k, ok := target[w.Dst]
 		if !ok {
 			continue
 		}
 		have := ours[w.Dst]
-		if len(have) == 1 && same(have[0], nr) {
+		if len(have) == 1 && k.matches(*have[0]) {
 			res.Programmed++
 			continue
 		}
+		nr := k.netlink(w.Dst)
 		if err := t.h.RouteReplace(&nr); err != nil {
 			errs = append(errs, fmt.Errorf("programming %s: %w", w, err))
 			continue
@@ -193,7 +199,7 @@ func (t *Table) program(want []desired.Route, target map[netip.Prefix]netlink.Ro
 		// destination (another metric or TOS) are leftovers.
 		for _, r := range have {
 			if r.Priority != 0 || r.Tos != 0 {
-				if err := t.del(r); err != nil {
+				if err := t.del(*r); err != nil {
 					errs = append(errs, err)
 				}
 			}
@@ -204,7 +210,7 @@ func (t *Table) program(want []desired.Route, target map[netip.Prefix]netlink.Ro
 
 // prune deletes the agent's routes to destinations nobody wants (a
 // conflicting destination is still wanted: its calyx routes stay).
-func (t *Table) prune(want []desired.Route, ours map[netip.Prefix][]netlink.Route, res *Result) []error {
+func (t *Table) prune(want []desired.Route, ours map[netip.Prefix][]*netlink.Route, res *Result) []error {
 	wanted := map[netip.Prefix]bool{}
 	for _, w := range want {
 		wanted[w.Dst] = true
@@ -215,7 +221,7 @@ func (t *Table) prune(want []desired.Route, ours map[netip.Prefix][]netlink.Rout
 			continue
 		}
 		for _, r := range rs {
-			if err := t.del(r); err != nil {
+			if err := t.del(*r); err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -265,11 +271,19 @@ func (t *Table) List() ([]desired.Route, error) {
 func (t *Table) listMain() ([]netlink.Route, error) {
 	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN}
 	rs, err := nldump.Retry(func() ([]netlink.Route, error) {
-		return t.h.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE)
+		// Sized by the last dump: growing a slice of 10,000 routes from
+		// nothing allocates twice what it keeps, on every resync.
+		rs := make([]netlink.Route, 0, t.lastDump.Load()+64)
+		err := t.h.RouteListFilteredIter(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE, func(r netlink.Route) bool {
+			rs = append(rs, r)
+			return true
+		})
+		return rs, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listing routes: %w", err)
 	}
+	t.lastDump.Store(int64(len(rs)))
 	return rs, nil
 }
 
@@ -280,44 +294,62 @@ func (t *Table) del(r netlink.Route) error {
 	return nil
 }
 
-func toNetlink(w desired.Route, linkIndex func(string) (int, error)) (netlink.Route, error) {
-	r := netlink.Route{
-		Dst:      &net.IPNet{IP: w.Dst.Addr().AsSlice(), Mask: net.CIDRMask(w.Dst.Bits(), 32)},
-		Protocol: Protocol,
-		Table:    unix.RT_TABLE_MAIN,
-		Family:   netlink.FAMILY_V4,
-	}
+// kernelRoute is what the calyx route to one destination must be, in the
+// terms the kernel reports it: small, since Reconcile keeps one per block.
+type kernelRoute struct {
+	typ    int
+	gw     netip.Addr
+	link   int // 0: any device
+	onlink bool
+}
+
+func resolveRoute(w desired.Route, linkIndex func(string) (int, error)) (kernelRoute, error) {
 	switch w.Kind {
 	case desired.Blackhole:
-		r.Type = unix.RTN_BLACKHOLE
-		return r, nil
-	case desired.Tunnel:
-		r.Flags = int(netlink.FLAG_ONLINK)
+		return kernelRoute{typ: unix.RTN_BLACKHOLE}, nil
 	}
-	r.Type = unix.RTN_UNICAST
-	r.Gw = w.Via.AsSlice()
+	k := kernelRoute{typ: unix.RTN_UNICAST, gw: w.Via, onlink: w.Kind == desired.Tunnel}
 	if w.Dev != "" {
 		i, err := linkIndex(w.Dev)
 		if err != nil {
-			return r, err
+			return k, err
 		}
-		r.LinkIndex = i
+		k.link = i
 	}
-	return r, nil
+	return k, nil
 }
 
-// same reports whether the kernel's route have is the route want.
-func same(have, want netlink.Route) bool {
-	if have.Type != want.Type || have.Priority != 0 || have.Tos != 0 {
+// netlink is the route to dst that RouteReplace writes.
+func (k kernelRoute) netlink(dst netip.Prefix) netlink.Route {
+	r := netlink.Route{
+		Dst:       &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)},
+		Protocol:  Protocol,
+		Table:     unix.RT_TABLE_MAIN,
+		Family:    netlink.FAMILY_V4,
+		Type:      k.typ,
+		LinkIndex: k.link,
+	}
+	if k.gw.IsValid() {
+		r.Gw = k.gw.AsSlice()
+	}
+	if k.onlink {
+		r.Flags = int(netlink.FLAG_ONLINK)
+	}
+	return r
+}
+
+// matches reports whether the kernel's route have is this route.
+func (k kernelRoute) matches(have netlink.Route) bool {
+	if have.Type != k.typ || have.Priority != 0 || have.Tos != 0 {
 		return false
 	}
-	if want.Type == unix.RTN_BLACKHOLE {
+	if k.typ == unix.RTN_BLACKHOLE {
 		return true
 	}
-	onlink := int(netlink.FLAG_ONLINK)
-	return have.Gw.Equal(want.Gw) &&
-		(want.LinkIndex == 0 || have.LinkIndex == want.LinkIndex) &&
-		have.Flags&onlink == want.Flags&onlink &&
+	gw, _ := netip.AddrFromSlice(have.Gw)
+	return gw.Unmap() == k.gw &&
+		(k.link == 0 || have.LinkIndex == k.link) &&
+		(have.Flags&int(netlink.FLAG_ONLINK) != 0) == k.onlink &&
 		len(have.MultiPath) == 0 && have.Encap == nil
 }
 
