@@ -246,7 +246,7 @@ func BenchmarkEBPFSet(b *testing.B) {
 		}
 		return c
 	}
-	for _, n := range []int{1000, 5000} {
+	for _, n := range []int{1000, 5000, 10000} {
 		full, empty := config(n), config(0)
 		b.Run(fmt.Sprintf("fill/%d", n), func(b *testing.B) {
 			for b.Loop() {
