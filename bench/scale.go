@@ -33,9 +33,12 @@ import (
 var scaleSizes = []int{1000, 5000, 10000}
 
 const (
-	scalePoolCIDR   = "10.128.0.0/9"
-	blocksPerNode   = 4
-	scaleIdle       = 10 * time.Second
+	scalePoolCIDR = "10.128.0.0/9"
+	blocksPerNode = 4
+	// scaleIdle is one resync period of the agent (its default): the
+	// window starts when the routes are in, so it holds the rest of the
+	// start-up and exactly one periodic full resync.
+	scaleIdle       = 30 * time.Second
 	scaleAgentNode  = "bench-agent"
 	scaleCPAddr     = "10.77.0.1"
 	scaleAgentAddr  = "10.77.0.2"
