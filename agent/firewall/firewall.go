@@ -81,8 +81,10 @@ type Firewall struct {
 func New(nsFD int) *Firewall { return &Firewall{nsFD: nsFD} }
 
 // Conn opens a netlink connection in the firewall's namespace.
-func (f *Firewall) Conn() (*nftables.Conn, error) {
-	var opts []nftables.ConnOption
+func (f *Firewall) Conn() (*nftables.Conn, error) { return f.open() }
+
+// open opens a connection with opts in the firewall's namespace.
+func (f *Firewall) open(opts ...nftables.ConnOption) (*nftables.Conn, error) {
 	if f.nsFD > 0 {
 		opts = append(opts, nftables.WithNetNSFd(f.nsFD))
 	}
@@ -97,20 +99,12 @@ func (f *Firewall) Conn() (*nftables.Conn, error) {
 // holds 4 MB: one commit that fills a set of thousands of nodes reports
 // every element, and a smaller buffer overflows, which ends the monitor.
 func (f *Firewall) WatchConn() (*nftables.Conn, error) {
-	opts := []nftables.ConnOption{nftables.WithSockOptions(func(c *netlink.Conn) error {
+	return f.open(nftables.WithSockOptions(func(c *netlink.Conn) error {
 		if err := setBuffer(c, unix.SO_RCVBUFFORCE, 4<<20); err != nil {
 			return fmt.Errorf("enlarging the nftables monitor's receive buffer: %w", err)
 		}
 		return nil
-	})}
-	if f.nsFD > 0 {
-		opts = append(opts, nftables.WithNetNSFd(f.nsFD))
-	}
-	c, err := nftables.New(opts...)
-	if err != nil {
-		return nil, fmt.Errorf("opening nftables netlink: %w", err)
-	}
-	return c, nil
+	}))
 }
 
 // Committed reports whether h, the header of nftables' report of a new
@@ -135,7 +129,7 @@ func (f *Firewall) writer() (*nftables.Conn, error) {
 		return f.w, nil
 	}
 	var port uint32
-	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(func(c *netlink.Conn) (err error) {
+	c, err := f.open(nftables.AsLasting(), nftables.WithSockOptions(func(c *netlink.Conn) (err error) {
 		// A commit is one sendmsg, which the kernel refuses when it is
 		// larger than the socket's send buffer (212 KB by default:
 		// ~10,000 node addresses).
@@ -144,13 +138,9 @@ func (f *Firewall) writer() (*nftables.Conn, error) {
 		}
 		port, err = portOf(c)
 		return err
-	})}
-	if f.nsFD > 0 {
-		opts = append(opts, nftables.WithNetNSFd(f.nsFD))
-	}
-	c, err := nftables.New(opts...)
+	}))
 	if err != nil {
-		return nil, fmt.Errorf("opening nftables netlink: %w", err)
+		return nil, err
 	}
 	f.w = c
 	f.port.Store(port)
