@@ -248,10 +248,9 @@ func (w *Wiring) configureContainer(cont netlink.Link) error {
 
 // addressContainer runs in the pod: exactly one IPv4 address, the /32.
 func (w *Wiring) addressContainer() error {
-	cont, err := netlink.LinkByIndex(w.contIndex)
-	if err != nil {
-		return fmt.Errorf("finding %s in the pod: %w", w.ContName, err)
-	}
+	// The address calls need only the index: no lookup on the path that
+	// waits for the IPAM.
+	cont := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: w.contIndex, Name: w.ContName}}
 	want := &net.IPNet{IP: w.IP, Mask: hostRoute32}
 	addrs, err := netlinksafe.AddrList(cont, netlink.FAMILY_V4)
 	if err != nil {
