@@ -77,12 +77,8 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), delegateTimeout)
 	defer cancel()
-	r, links, werr, err := allocateWhileWiring(ctx, conf, args, w, netns)
+	r, err := delegate(ctx, "ADD", conf, args)
 	if err != nil {
-		// Nothing was allocated; the pair built meanwhile goes.
-		if terr := w.RemoveHost(); terr != nil {
-			slog.Error("removing a half-built pod wiring after a failed ADD", "link", w.HostName, "err", terr)
-		}
 		return ipamError(conf.IPAM.Type, "ADD", err)
 	}
 	defer func() {
@@ -117,14 +113,12 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			fmt.Sprintf("IPAM plugin %s returned no IPv4 address (got %v): calyx pods are IPv4, configure an IPv4 pool", conf.IPAM.Type, ipamResult.IPs), "")
 	}
 
-	if werr == nil {
-		werr = w.Address(netns)
-	}
-	if werr != nil {
-		if errors.Is(werr, errIfNameTaken) {
-			return ifNameError(werr)
+	links, err := w.Setup(netns)
+	if err != nil {
+		if errors.Is(err, errIfNameTaken) {
+			return ifNameError(err)
 		}
-		return fmt.Errorf("wiring pod %s (%s in %s): %w; the address was released and nothing is left behind, retry the ADD", w.HostName, w.ContName, args.Netns, werr)
+		return fmt.Errorf("wiring pod %s (%s in %s): %w; the address was released and nothing is left behind, retry the ADD", w.HostName, w.ContName, args.Netns, err)
 	}
 
 	result, err := buildResult(conf, w, links, args.Netns, ipamResult)
@@ -132,25 +126,6 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	return types.PrintResult(result, conf.CNIVersion)
-}
-
-// allocateWhileWiring runs the IPAM's ADD and, at the same time, the part
-// of the wiring that needs no address (Prepare): the allocation is an API
-// write and takes longer than all of that. It returns the IPAM's result,
-// the wiring's outcome and the IPAM's error.
-func allocateWhileWiring(ctx context.Context, conf *NetConf, args *skel.CmdArgs, w *Wiring, netns ns.NetNS) (types.Result, Links, error, error) {
-	type answer struct {
-		r   types.Result
-		err error
-	}
-	ipam := make(chan answer, 1)
-	go func() {
-		r, err := delegate(ctx, "ADD", conf, args)
-		ipam <- answer{r, err}
-	}()
-	links, werr := w.Prepare(netns)
-	a := <-ipam
-	return a.r, links, werr, a.err
 }
 
 // buildResult appends calyx's interfaces, address and route to prevResult,
