@@ -44,6 +44,8 @@ type Wiring struct {
 	ContainerID string // recorded as the host side's alias; DEL checks it
 	MTU         int
 	IP          net.IP // the pod's IPv4 address
+
+	hostIndex, contIndex int // the ends' ifindexes, once Prepare has run
 }
 
 // Links are the two ends as built.
@@ -89,12 +91,24 @@ func (w *Wiring) isPair(host, cont netlink.Link) bool {
 // same name left by another container (an earlier sandbox of the same pod)
 // is replaced. On error the caller runs Teardown.
 func (w *Wiring) Setup(netns ns.NetNS) (Links, error) {
+	links, err := w.Prepare(netns)
+	if err != nil {
+		return links, err
+	}
+	return links, w.Address(netns)
+}
+
+// Prepare is the part of Setup that needs no address: the pair, its
+// sysctls, both ends up and the pod's routes. cmdAdd runs it while the
+// IPAM allocates, which takes longer than all of it (an API write).
+func (w *Wiring) Prepare(netns ns.NetNS) (Links, error) {
 	var links Links
 	host, err := w.ensurePair(netns)
 	if err != nil {
 		return links, err
 	}
 	links.HostMAC = host.Attrs().HardwareAddr.String()
+	w.hostIndex = host.Attrs().Index
 
 	// Sysctls before the link comes up: proxy_arp answers the pod's ARP
 	// for GatewayIP with HostMAC, proxy_delay=0 answers at once instead of
@@ -125,20 +139,29 @@ func (w *Wiring) Setup(netns ns.NetNS) (Links, error) {
 			return fmt.Errorf("finding %s in the pod after creating it: %w", w.ContName, err)
 		}
 		links.ContMAC = cont.Attrs().HardwareAddr.String()
+		w.contIndex = cont.Attrs().Index
 		return w.configureContainer(cont)
 	})
-	if err != nil {
-		return links, err
-	}
+	return links, err
+}
 
+// Address gives the pod its /32 (w.IP) and routes it to the host end;
+// Prepare must have run.
+func (w *Wiring) Address(netns ns.NetNS) error {
+	err := netns.Do(func(ns.NetNS) error {
+		return w.addressContainer()
+	})
+	if err != nil {
+		return err
+	}
 	if err := netlink.RouteReplace(&netlink.Route{
-		LinkIndex: host.Attrs().Index,
+		LinkIndex: w.hostIndex,
 		Dst:       &net.IPNet{IP: w.IP, Mask: hostRoute32},
 		Scope:     netlink.SCOPE_LINK,
 	}); err != nil {
-		return links, fmt.Errorf("adding the host route %s/32 dev %s: %w", w.IP, w.HostName, err)
+		return fmt.Errorf("adding the host route %s/32 dev %s: %w", w.IP, w.HostName, err)
 	}
-	return links, nil
+	return nil
 }
 
 // ensurePair returns the host end of a pair whose peer is ContName in the
@@ -199,8 +222,9 @@ func (w *Wiring) ensurePair(netns ns.NetNS) (netlink.Link, error) {
 	return host, nil
 }
 
-// configureContainer runs in the pod: link up, exactly one IPv4 address
-// (the /32), the link route to GatewayIP and the default route through it.
+// configureContainer runs in the pod: link up, the link route to
+// GatewayIP and the default route through it. The kernel takes both
+// routes before the link has an address.
 func (w *Wiring) configureContainer(cont netlink.Link) error {
 	if cont.Attrs().MTU != w.MTU {
 		if err := netlink.LinkSetMTU(cont, w.MTU); err != nil {
@@ -212,6 +236,21 @@ func (w *Wiring) configureContainer(cont netlink.Link) error {
 			return fmt.Errorf("bringing %s up in the pod: %w", w.ContName, err)
 		}
 	}
+	idx := cont.Attrs().Index
+	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: gatewayDst, Scope: netlink.SCOPE_LINK}); err != nil {
+		return fmt.Errorf("adding the pod route %s dev %s scope link: %w", GatewayIP, w.ContName, err)
+	}
+	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: defaultDst, Gw: GatewayIP}); err != nil {
+		return fmt.Errorf("adding the pod route default via %s dev %s: %w", GatewayIP, w.ContName, err)
+	}
+	return nil
+}
+
+// addressContainer runs in the pod: exactly one IPv4 address, the /32.
+func (w *Wiring) addressContainer() error {
+	// The address calls need only the index: no lookup on the path that
+	// waits for the IPAM.
+	cont := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: w.contIndex, Name: w.ContName}}
 	want := &net.IPNet{IP: w.IP, Mask: hostRoute32}
 	addrs, err := netlinksafe.AddrList(cont, netlink.FAMILY_V4)
 	if err != nil {
@@ -226,13 +265,6 @@ func (w *Wiring) configureContainer(cont netlink.Link) error {
 	}
 	if err := netlink.AddrReplace(cont, &netlink.Addr{IPNet: want}); err != nil {
 		return fmt.Errorf("adding %s to %s in the pod: %w", want, w.ContName, err)
-	}
-	idx := cont.Attrs().Index
-	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: gatewayDst, Scope: netlink.SCOPE_LINK}); err != nil {
-		return fmt.Errorf("adding the pod route %s dev %s scope link: %w", GatewayIP, w.ContName, err)
-	}
-	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: defaultDst, Gw: GatewayIP}); err != nil {
-		return fmt.Errorf("adding the pod route default via %s dev %s: %w", GatewayIP, w.ContName, err)
 	}
 	return nil
 }

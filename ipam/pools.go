@@ -132,6 +132,18 @@ type poolChoice struct {
 	ranks     map[string]int // by pool name; -1: not usable
 }
 
+// CheckPools refuses pools that Assign would refuse by name: requested
+// (else the IPAM's default pools) must each name an enabled IPPool, by
+// name or CIDR. It writes nothing, so a caller can learn that a request
+// is sound before the write that allocates.
+func (m *IPAM) CheckPools(ctx context.Context, requested []string) error {
+	if len(requested) == 0 {
+		requested = m.opts.Pools
+	}
+	_, err := m.choosePools(ctx, m.opts.Node, v1alpha1.IPPoolUseWorkload, requested)
+	return err
+}
+
 // choosePools starts the choice for an allocation of use on node from the
 // requested pools (none: every pool).
 func (m *IPAM) choosePools(ctx context.Context, node string, use v1alpha1.IPPoolUse, requested []string) (*poolChoice, error) {

@@ -26,7 +26,7 @@ func Funcs() skel.CNIFuncs {
 	var h Handler
 	return skel.CNIFuncs{
 		Add: func(args *skel.CmdArgs) error {
-			r, version, err := h.Add(args)
+			r, version, err := h.Add(args, nil)
 			if err != nil {
 				return err
 			}
@@ -159,7 +159,12 @@ func (s *session) handle(containerID string) string { return s.conf.Name + "." +
 
 // Add allocates the pod's address; the result is to be printed in the
 // returned cniVersion.
-func (h *Handler) Add(args *skel.CmdArgs) (types.Result, string, error) {
+//
+// accepted, if set, is called once the request is sound (netconf, pod,
+// node and pools) and only the allocation's write remains: the calyx
+// plugin wires the pod meanwhile, while a refusal of the request itself
+// still comes before anything is built.
+func (h *Handler) Add(args *skel.CmdArgs, accepted func()) (types.Result, string, error) {
 	pod, err := parseArgs(args.Args)
 	if err != nil {
 		return nil, "", err
@@ -173,6 +178,12 @@ func (h *Handler) Add(args *skel.CmdArgs) (types.Result, string, error) {
 	req, err := h.request(s, pod)
 	if err != nil {
 		return nil, "", err
+	}
+	// Only a hint: a request it would refuse goes on to Assign unaccepted,
+	// which answers with the refusal (or the allocation a retried ADD
+	// already holds). A fixed address is checked only by the write.
+	if accepted != nil && !req.req.Addr.IsValid() && s.m.CheckPools(s.ctx, req.req.Pools) == nil {
+		accepted()
 	}
 	unlock, err := s.lock()
 	if err != nil {

@@ -85,7 +85,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				return
 			}
 			start := time.Now()
-			resp := s.call(req)
+			var accepted func()
+			if req.Ack && req.Command == "ADD" {
+				accepted = func() {
+					// A caller that cannot take it fails the final write too.
+					if err := socket.WriteResponse(conn, socket.Response{Accepted: true}, ioTimeout); err != nil {
+						log.Debug("IPAM caller went away before the allocation", "containerID", req.ContainerID, "err", err)
+					}
+				}
+			}
+			resp := s.call(req, accepted)
 			if s.Observe != nil {
 				s.Observe(req, resp, time.Since(start))
 			}
@@ -104,7 +113,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // call runs one verb as the binary would, its answer in wire form.
-func (s *Server) call(req socket.Request) (resp socket.Response) {
+func (s *Server) call(req socket.Request, accepted func()) (resp socket.Response) {
 	defer func() {
 		// A bug in one call must not take the node's pod starts down with
 		// the agent.
@@ -121,7 +130,7 @@ func (s *Server) call(req socket.Request) (resp socket.Response) {
 	case "ADD":
 		var r types.Result
 		var version string
-		if r, version, err = s.Handler.Add(args); err == nil {
+		if r, version, err = s.Handler.Add(args, accepted); err == nil {
 			resp.Result, err = encodeResult(r, version)
 		}
 	case "DEL":

@@ -37,6 +37,10 @@ type Request struct {
 	Args        string `json:"args"`
 	Path        string `json:"path"`
 	StdinData   []byte `json:"stdin"`
+	// Ack asks, for an ADD, for an Accepted answer as soon as the request
+	// is sound, before the allocation's write. An agent that predates it
+	// ignores it and sends the result alone.
+	Ack bool `json:"ack,omitempty"`
 }
 
 // Response is what calyx-ipam would have printed: a result in the
@@ -44,6 +48,9 @@ type Request struct {
 type Response struct {
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  *types.Error    `json:"error,omitempty"`
+	// Accepted is the interim answer an Ack asks for; the result or error
+	// follows on the same connection.
+	Accepted bool `json:"accepted,omitempty"`
 }
 
 // ErrUnavailable marks a call that did not get an answer from the agent:
@@ -54,6 +61,14 @@ var ErrUnavailable = errors.New("the calyx agent's IPAM socket did not answer")
 // Call sends req to the agent at path and returns the result bytes, or the
 // agent's CNI error as a *types.Error.
 func Call(ctx context.Context, path string, req Request) (json.RawMessage, error) {
+	return CallAccepted(ctx, path, req, nil)
+}
+
+// CallAccepted is Call with an Ack: accepted runs when the agent says the
+// request is sound, before its result comes (if it ever says so: an older
+// agent, or a request it will refuse, does not).
+func CallAccepted(ctx context.Context, path string, req Request, accepted func()) (json.RawMessage, error) {
+	req.Ack = accepted != nil
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -70,9 +85,20 @@ func Call(ctx context.Context, path string, req Request) (json.RawMessage, error
 	if err := conn.(*net.UnixConn).CloseWrite(); err != nil {
 		return nil, fmt.Errorf("%w: sending: %v", ErrUnavailable, err)
 	}
+	dec := json.NewDecoder(io.LimitReader(conn, maxMessage))
 	var resp Response
-	if err := json.NewDecoder(io.LimitReader(conn, maxMessage)).Decode(&resp); err != nil {
-		return nil, fmt.Errorf("%w: reading the answer: %v", ErrUnavailable, err)
+	for {
+		resp = Response{}
+		if err := dec.Decode(&resp); err != nil {
+			return nil, fmt.Errorf("%w: reading the answer: %v", ErrUnavailable, err)
+		}
+		if !resp.Accepted {
+			break
+		}
+		if accepted != nil {
+			accepted()
+			accepted = nil
+		}
 	}
 	if resp.Error != nil {
 		return nil, resp.Error
