@@ -41,11 +41,18 @@ func agentSocket(conf *NetConf, stdin []byte) string {
 // and every verb is idempotent per handle, so falling back after a call
 // that may have reached the agent is safe.
 func delegate(ctx context.Context, command string, conf *NetConf, args *skel.CmdArgs) (types.Result, error) {
+	return delegateAccepted(ctx, command, conf, args, nil)
+}
+
+// delegateAccepted is delegate with the agent's interim answer: accepted
+// runs if the agent finds the request sound before it allocates. The IPAM
+// binary never calls it.
+func delegateAccepted(ctx context.Context, command string, conf *NetConf, args *skel.CmdArgs, accepted func()) (types.Result, error) {
 	if path := agentSocket(conf, args.StdinData); path != "" {
-		raw, err := socket.Call(ctx, path, socket.Request{
+		raw, err := socket.CallAccepted(ctx, path, socket.Request{
 			Command: command, ContainerID: args.ContainerID, Netns: args.Netns,
 			IfName: args.IfName, Args: args.Args, Path: args.Path, StdinData: args.StdinData,
-		})
+		}, accepted)
 		switch {
 		case err == nil && command == "ADD":
 			return create.CreateFromBytes(raw)

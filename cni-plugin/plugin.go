@@ -77,8 +77,15 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), delegateTimeout)
 	defer cancel()
-	r, err := delegate(ctx, "ADD", conf, args)
+	alloc := allocateWhileWiring(ctx, conf, args, w, netns)
+	r, err := alloc.r, alloc.err
 	if err != nil {
+		if alloc.prepared {
+			// Nothing was allocated; the pair built meanwhile goes.
+			if terr := w.RemoveHost(); terr != nil {
+				slog.Error("removing a half-built pod wiring after a failed ADD", "link", w.HostName, "err", terr)
+			}
+		}
 		return ipamError(conf.IPAM.Type, "ADD", err)
 	}
 	defer func() {
@@ -113,7 +120,13 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			fmt.Sprintf("IPAM plugin %s returned no IPv4 address (got %v): calyx pods are IPv4, configure an IPv4 pool", conf.IPAM.Type, ipamResult.IPs), "")
 	}
 
-	links, err := w.Setup(netns)
+	links, err := alloc.links, alloc.wiringErr
+	switch {
+	case !alloc.prepared:
+		links, err = w.Setup(netns)
+	case err == nil:
+		err = w.Address(netns)
+	}
 	if err != nil {
 		if errors.Is(err, errIfNameTaken) {
 			return ifNameError(err)
@@ -126,6 +139,40 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// allocation is the IPAM's answer to an ADD and, if the wiring was
+// prepared meanwhile, the outcome of Prepare.
+type allocation struct {
+	r         types.Result
+	err       error
+	prepared  bool
+	links     Links
+	wiringErr error
+}
+
+// allocateWhileWiring runs the IPAM's ADD and, once the agent has accepted
+// the request, the part of the wiring that needs no address (Prepare): the
+// allocation is an API write and takes longer than all of that. The
+// binary IPAM, or an agent that refuses the request, is waited for first,
+// so that a bad request is refused before anything is built: a concurrent
+// ADD must not meet a half-built pod that a refusal then removes.
+func allocateWhileWiring(ctx context.Context, conf *NetConf, args *skel.CmdArgs, w *Wiring, netns ns.NetNS) allocation {
+	accepted := make(chan struct{})
+	done := make(chan allocation, 1)
+	go func() {
+		r, err := delegateAccepted(ctx, "ADD", conf, args, func() { close(accepted) })
+		done <- allocation{r: r, err: err}
+	}()
+	select {
+	case a := <-done:
+		return a
+	case <-accepted:
+	}
+	links, werr := w.Prepare(netns)
+	a := <-done
+	a.prepared, a.links, a.wiringErr = true, links, werr
+	return a
 }
 
 // buildResult appends calyx's interfaces, address and route to prevResult,
