@@ -31,6 +31,7 @@ import (
 	"github.com/calyx-net/calyx/api/v1alpha1"
 	"github.com/calyx-net/calyx/deploy"
 	ipamplugin "github.com/calyx-net/calyx/ipam/plugin"
+	"github.com/calyx-net/calyx/ipam/plugin/plugintest"
 	"github.com/calyx-net/calyx/lab/controlplane/cptest"
 )
 
@@ -74,7 +75,15 @@ type cniError struct {
 // with a pool, refuse every one of 500 generated malformed inputs with a
 // CNI error of the spec, never panic, and leave no address, handle, link
 // or file behind.
-func TestMalformedInput(t *testing.T) {
+func TestMalformedInput(t *testing.T) { malformedInput(t, false) }
+
+// TestMalformedInputThroughAgent is TestMalformedInput with the agent's
+// IPAM socket serving calyx-ipam, where the plugin wires the pod while
+// the agent allocates: every refusal must still be the input's own,
+// however the four concurrent callers interleave.
+func TestMalformedInputThroughAgent(t *testing.T) { malformedInput(t, true) }
+
+func malformedInput(t *testing.T, throughAgent bool) {
 	start := time.Now()
 	bin := build(t)
 	cp := cptest.Start(t)
@@ -119,8 +128,14 @@ func TestMalformedInput(t *testing.T) {
 	wantStateFiles := listDir(t, stateDir)
 	baseLinks := links(t, node)
 
+	conf := netconf(t, cp.Kubeconfig, stateDir, filepath.Join(lockDir, "ipam.lock"))
+	var agent *plugintest.Server
+	if throughAgent {
+		agent = plugintest.Start(t, cp.Config)
+		conf["ipam"].(map[string]any)["agent_socket"] = agent.Path
+	}
 	base := Base{
-		Netconf: netconf(t, cp.Kubeconfig, stateDir, filepath.Join(lockDir, "ipam.lock")),
+		Netconf: conf,
 		Env: map[string]string{
 			"CNI_COMMAND":     "ADD",
 			"CNI_CONTAINERID": "control",
@@ -192,6 +207,9 @@ func TestMalformedInput(t *testing.T) {
 	}
 	summary(t, byCode, byKind)
 
+	if agent != nil && agent.Answered("ADD") == 0 {
+		t.Errorf("the agent's socket answered no ADD: the inputs did not take the path this test is for")
+	}
 	assertNothingAllocated(t, cs)
 	if diff := cmp.Diff(baseLinks, links(t, node)); diff != "" {
 		t.Errorf("links of the node's namespace changed (-before +after):\n%s", diff)
@@ -354,7 +372,8 @@ func netconf(t *testing.T, kubeconfig, stateDir, lockFile string) map[string]any
 	ipam["nodename_file"] = filepath.Join(stateDir, "nodename")
 	ipam["lock_file"] = lockFile
 	// The agent's socket, where the conflist names one, is not running
-	// here: the plugin takes its fallback, the API server.
+	// here unless the test starts one: the plugin takes its fallback, the
+	// API server.
 	return calyx
 }
 
