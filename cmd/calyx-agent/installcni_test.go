@@ -205,7 +205,7 @@ func pluginVerbs(t *testing.T, kc string) {
 	}
 	var h plugin.Handler
 	for _, id := range []string{"c1", "c2"} {
-		if _, _, err := h.Add(args(id)); err != nil {
+		if _, _, err := h.Add(args(id), nil); err != nil {
 			t.Fatalf("ADD %s: %v", id, err)
 		}
 	}
