@@ -26,7 +26,7 @@ for t in "$@"; do
 	fi
 	after=$(ls "$corpus" 2>/dev/null)
 	if [ "$before" = "$after" ] && grep -q '^    context deadline exceeded$' "$out" &&
-		[ "$(grep -c -e '^--- FAIL' -e '^    [a-z_]*\.go:[0-9]*:' "$out")" = 1 ]; then
+		[ "$(grep -c -e '^--- FAIL' -e '^    [A-Za-z0-9_]*\.go:[0-9]*:' "$out")" = 1 ]; then
 		echo "fuzz: $fn: Go's fuzzing coordinator stopped on its own deadline (golang/go#75804) and wrote no failing input: not a finding"
 		continue
 	fi
