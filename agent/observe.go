@@ -17,11 +17,12 @@ import (
 	"github.com/calyx-net/calyx/agent/desired"
 	"github.com/calyx-net/calyx/agent/nsexec"
 	"github.com/calyx-net/calyx/agent/taps"
+	"github.com/calyx-net/calyx/agent/tunnel"
 )
 
 // observer is a datapath with a fast mode that skips tunl0's device
 // passes, and with them tunl0's capture point (the eBPF one).
-type observer interface{ SetObserved(bool) error }
+type observer interface{ SetPath(tunnel.Path) error }
 
 // tapPoll is how often the agent looks for packet sockets: a capture on
 // tunl0 sees every packet from at most this long after it opens. Each look
@@ -30,7 +31,8 @@ type observer interface{ SetObserved(bool) error }
 const tapPoll = 250 * time.Millisecond
 
 // watchTaps keeps the datapath observable while anything may capture on
-// tunl0, and fast otherwise.
+// tunl0, fast on the way out only while rp_filter is strict on the NIC,
+// and fast otherwise.
 func (a *Agent) watchTaps(ctx context.Context, wg *sync.WaitGroup) {
 	wg.Add(1)
 	go func() {
@@ -43,12 +45,12 @@ func (a *Agent) watchTaps(ctx context.Context, wg *sync.WaitGroup) {
 		last := ""
 		for {
 			if obs := a.observer(); obs != nil {
-				why := a.observedBecause(&files)
+				path, why := a.pathFor(&files)
 				if obs != set || why != last {
-					if err := obs.SetObserved(why != ""); err != nil {
+					if err := obs.SetPath(path); err != nil {
 						a.log.Warn("cannot switch the datapath's mode; retrying", "err", err)
 					} else {
-						logMode(a, why)
+						logMode(a, path, why)
 						set, last = obs, why
 					}
 				}
@@ -72,12 +74,15 @@ func (a *Agent) observer() observer {
 	return nil
 }
 
-func logMode(a *Agent, why string) {
-	if why == "" {
+func logMode(a *Agent, path tunnel.Path, why string) {
+	switch path {
+	case tunnel.PathFast:
 		a.log.Info("datapath mode: fast (nothing captures on tunl0)")
-		return
+	case tunnel.PathFastOut:
+		a.log.Info("datapath mode: fast out only, arriving packets cross tunl0", "why", why)
+	default:
+		a.log.Info("datapath mode: observable, every packet crosses tunl0", "why", why)
 	}
-	a.log.Info("datapath mode: observable, every packet crosses tunl0", "why", why)
 }
 
 // nodeFiles are the /proc files the watcher reads, opened once inside
@@ -131,17 +136,33 @@ func reread(f *os.File) ([]byte, error) {
 	return io.ReadAll(io.NewSectionReader(f, 0, 1<<24))
 }
 
-// observedBecause says why tunl0's device passes must stay, or "": a
-// packet socket that sees tunl0, or a strict rp_filter on the NIC, which
-// would drop what the fast decapsulation hands to the NIC (the inner
-// source is routed via tunl0, not the NIC). When it cannot tell, it says
-// that: the observable mode is the safe one.
-func (a *Agent) observedBecause(f *nodeFiles) string {
+// pathFor says which of tunl0's device passes must stay, and why: every
+// one while a packet socket sees tunl0, the arriving packets' while
+// rp_filter is strict on the NIC (it would drop what the fast
+// decapsulation hands to the NIC: the inner source is routed via tunl0),
+// none otherwise. When it cannot tell, it says that: the observable mode is
+// the safe one.
+func (a *Agent) pathFor(f *nodeFiles) (tunnel.Path, string) {
 	nic := a.underlayName()
 	if err := f.open(a.ns, nic); err != nil {
 		f.close()
-		return fmt.Sprintf("opening the node's /proc/net/packet and rp_filter: %v", err)
+		return tunnel.PathObservable, fmt.Sprintf("opening the node's /proc/net/packet and rp_filter: %v", err)
 	}
+	if why := a.captureOnTunnel(f); why != "" {
+		return tunnel.PathObservable, why
+	}
+	why, err := strictRPFilter(f, nic)
+	switch {
+	case err != nil:
+		return tunnel.PathObservable, err.Error()
+	case why != "":
+		return tunnel.PathFastOut, why
+	}
+	return tunnel.PathFast, ""
+}
+
+// captureOnTunnel says which packet socket sees tunl0, or "".
+func (a *Agent) captureOnTunnel(f *nodeFiles) string {
 	b, err := reread(f.packet)
 	if err != nil {
 		f.close() // opened again at the next look
@@ -151,38 +172,39 @@ func (a *Agent) observedBecause(f *nodeFiles) string {
 	if err != nil {
 		return err.Error()
 	}
-	if slices.ContainsFunc(socks, func(s taps.Socket) bool { return s.Running }) { // on tunl0?
-		tun, err := a.nl.LinkByName(desired.TunnelDevice)
-		if err != nil {
-			return fmt.Sprintf("looking up %s: %v", desired.TunnelDevice, err)
-		}
-		if s, ok := taps.Seeing(socks, tun.Attrs().Index); ok {
-			where := "tunl0"
-			if s.Ifindex == 0 {
-				where = "every device"
-			}
-			return fmt.Sprintf("a packet socket (inode %d) captures on %s", s.Inode, where)
-		}
+	if !slices.ContainsFunc(socks, func(s taps.Socket) bool { return s.Running }) {
+		return ""
 	}
-	return strictRPFilter(f, nic)
+	tun, err := a.nl.LinkByName(desired.TunnelDevice)
+	if err != nil {
+		return fmt.Sprintf("looking up %s: %v", desired.TunnelDevice, err)
+	}
+	if s, ok := taps.Seeing(socks, tun.Attrs().Index); ok {
+		where := "tunl0"
+		if s.Ifindex == 0 {
+			where = "every device"
+		}
+		return fmt.Sprintf("a packet socket (inode %d) captures on %s", s.Inode, where)
+	}
+	return ""
 }
 
 // strictRPFilter says whether rp_filter is strict on nic (the larger of
 // "all" and the device's value counts).
-func strictRPFilter(f *nodeFiles, nic string) string {
+func strictRPFilter(f *nodeFiles, nic string) (string, error) {
 	most := "0"
 	for _, rp := range f.rp {
 		b, err := reread(rp)
 		if err != nil {
 			f.close() // the NIC went away and came back: opened again at the next look
-			return fmt.Sprintf("reading rp_filter: %v", err)
+			return "", fmt.Errorf("reading rp_filter: %w", err)
 		}
 		if v := strings.TrimSpace(string(b)); v > most {
 			most = v
 		}
 	}
 	if most == "1" {
-		return fmt.Sprintf("rp_filter is strict (1) on %s: set it to 2 (loose) or 0 for the fast mode", nic)
+		return fmt.Sprintf("rp_filter is strict (1) on %s: set it to 2 (loose) or 0 for the fast mode both ways", nic), nil
 	}
-	return ""
+	return "", nil
 }

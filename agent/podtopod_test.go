@@ -156,15 +156,22 @@ func TestPodToPod(t *testing.T) {
 		}
 	})
 	// A strict rp_filter drops what the fast decapsulation hands to the NIC
-	// (the inner source is routed via tunl0): the agent stays observable.
-	t.Run("strict rp_filter keeps the datapath observable", func(t *testing.T) {
+	// (the inner source is routed via tunl0): arriving packets keep
+	// crossing tunl0, leaving ones skip it. The ping's answers prove the
+	// first (the fast decapsulation would lose them), the metric the second.
+	t.Run("strict rp_filter keeps arriving packets on tunl0 and leaving ones fast", func(t *testing.T) {
 		url := agents["learn-k8s-3"].MetricsURL()
 		if !strings.Contains(scrape(t, url), `calyx_datapath_info{mode="ebpf"}`) {
 			return // the kernel's tunl0 has no other mode
 		}
 		node := nodes["learn-k8s-3"]
 		node.Sysctl(t, "net/ipv4/conf/all/rp_filter", "1")
-		eventually(t, 2*time.Second, "the observable mode under a strict rp_filter", fastMode(t, url, "0"))
+		eventually(t, 2*time.Second, "fast out only under a strict rp_filter", func() error {
+			if err := fastMode(t, url, "0")(); err != nil {
+				return err
+			}
+			return gaugeIs(t, url, "calyx_datapath_fast_transmit", "1")()
+		})
 		if got := client.NS.Ping(t, netip.MustParseAddr(server.IP), 2); got != 2 {
 			t.Errorf("ping under a strict rp_filter: %d of 2 answered", got)
 		}
@@ -195,9 +202,15 @@ func TestPodToPod(t *testing.T) {
 // fastMode is a condition for eventually: the agent at url reports
 // calyx_datapath_fast_mode want.
 func fastMode(t *testing.T, url, want string) func() error {
+	return gaugeIs(t, url, "calyx_datapath_fast_mode", want)
+}
+
+// gaugeIs is a condition for eventually: the agent at url reports metric
+// (without labels) at want.
+func gaugeIs(t *testing.T, url, metric, want string) func() error {
 	return func() error {
-		if m := scrape(t, url); !strings.Contains(m, "\ncalyx_datapath_fast_mode "+want+"\n") {
-			return fmt.Errorf("calyx_datapath_fast_mode is not %s", want)
+		if m := scrape(t, url); !strings.Contains(m, "\n"+metric+" "+want+"\n") {
+			return fmt.Errorf("%s is not %s", metric, want)
 		}
 		return nil
 	}

@@ -52,13 +52,14 @@ func TestKernelCounters(t *testing.T) {
 		t.Errorf("before the datapath exists (-want +got):\n%s", diff)
 	}
 
-	dp = statsOnly{s: tunnel.Stats{TxPackets: 10, TxBytes: 1000, RxPackets: 9, RxBytes: 900, TxDrops: 1, RxDrops: 3, RxErrors: 4, Fast: true}}
+	dp = statsOnly{s: tunnel.Stats{TxPackets: 10, TxBytes: 1000, RxPackets: 9, RxBytes: 900, TxDrops: 1, RxDrops: 3, RxErrors: 4, Path: tunnel.PathFast}}
 	want = []string{
 		`calyx_datapath_bytes_total{direction="rx"} 900`,
 		`calyx_datapath_bytes_total{direction="tx"} 1000`,
 		`calyx_datapath_drops_total{direction="rx"} 3`,
 		`calyx_datapath_drops_total{direction="tx"} 1`,
 		`calyx_datapath_fast_mode 1`,
+		`calyx_datapath_fast_transmit 1`,
 		`calyx_datapath_info{mode="ebpf"} 1`,
 		`calyx_datapath_packets_total{direction="rx"} 9`,
 		`calyx_datapath_packets_total{direction="tx"} 10`,
@@ -69,6 +70,20 @@ func TestKernelCounters(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, filterHelp(scrape(t, m))); diff != "" {
 		t.Errorf("with a datapath (-want +got):\n%s", diff)
+	}
+
+	// Fast on the way out only: not the fast mode, yet fast transmit.
+	dp = statsOnly{s: tunnel.Stats{Path: tunnel.PathFastOut}}
+	fast := func(lines []string) (out []string) {
+		for _, l := range lines {
+			if strings.HasPrefix(l, "calyx_datapath_fast_") {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	if diff := cmp.Diff([]string{`calyx_datapath_fast_mode 0`, `calyx_datapath_fast_transmit 1`}, fast(filterHelp(scrape(t, m)))); diff != "" {
+		t.Errorf("fast out only (-want +got):\n%s", diff)
 	}
 
 	dp = statsOnly{err: errors.New("maps gone")}

@@ -75,12 +75,12 @@ func BenchmarkPodToPod(b *testing.B) {
 			n.replaceRoute(b, "vxlan.calyx", n.remote.tunnelIP, true)
 		}},
 		{"ipip", tunnelMTU, func(n *labNode) {
-			must(b, n.dp.(*EBPF).SetObserved(true), n.name+": SetObserved")
+			must(b, n.dp.(*EBPF).SetPath(PathObservable), n.name+": SetPath")
 			must(b, n.dp.Set(n.config()), n.name+": Set") // puts the NIC program back
 			n.routeViaTunnel(b)
 		}},
 		{"ipip-fast", tunnelMTU, func(n *labNode) {
-			must(b, n.dp.(*EBPF).SetObserved(false), n.name+": SetObserved")
+			must(b, n.dp.(*EBPF).SetPath(PathFast), n.name+": SetPath")
 			must(b, n.dp.Set(n.config()), n.name+": Set")
 			n.routeViaTunnel(b)
 		}},

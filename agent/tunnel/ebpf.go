@@ -90,9 +90,9 @@ type EBPF struct {
 	nic    string
 	swept  bool
 	closed bool
-	// observed says a packet socket may see tunl0 (SetObserved): the
-	// programs keep tunl0's device passes. Until told otherwise, they do.
-	observed bool
+	// path is the way SetPath last chose. Until told otherwise, every
+	// packet crosses tunl0 (PathObservable, the zero value).
+	path Path
 }
 
 var _ Datapath = (*EBPF)(nil)
@@ -107,7 +107,7 @@ func newEBPF(h *netlink.Handle, opts Options) (*EBPF, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the embedded BPF programs: %w (rebuild the agent)", err)
 	}
-	return &EBPF{h: h, log: opts.Logger.With("datapath", ModeEBPF), spec: spec, observed: true}, nil
+	return &EBPF{h: h, log: opts.Logger.With("datapath", ModeEBPF), spec: spec}, nil
 }
 
 // isEBPFDevice says whether link is tunl0 as the eBPF datapath makes it.
@@ -184,7 +184,7 @@ func (d *EBPF) Set(cfg desired.TunnelConfig) error {
 		return fmt.Errorf("%s has no Ethernet address (%v): delete it (ip link del %s) and let the agent recreate it", DeviceName, tunMAC, DeviceName)
 	}
 	want := configValue(cfg.UnderlayIP, nic.Attrs().Index, tun.Attrs().Index, tunMAC)
-	want.Fast = fastFlag(d.observed)
+	want.Fast = uint8(d.path)
 	if err := d.syncConfig(want); err != nil {
 		return err
 	}
@@ -566,7 +566,7 @@ func (d *EBPF) Stats() (Stats, error) {
 	if err := d.maps.CalyxConfig.Lookup(uint32(0), &cfg); err != nil {
 		return Stats{}, fmt.Errorf("reading the datapath configuration map: %w", err)
 	}
-	s.Fast = cfg.Fast == 1
+	s.Path = Path(cfg.Fast)
 	return s, nil
 }
 
@@ -593,18 +593,21 @@ func hookName(parent uint32) string {
 	return "ingress"
 }
 
-// SetObserved switches the programs between the fast mode (observed
-// false: tunl0's device passes skipped, and with them its capture point)
-// and the observable one (every packet crosses tunl0, as tcpdump on tunl0
-// expects). It writes one map entry: packets in flight on the other path
-// still arrive.
-func (d *EBPF) SetObserved(observed bool) error {
+// SetPath switches the programs between the fast mode (PathFast: tunl0's
+// device passes skipped, and with them its capture point), the observable
+// one (every packet crosses tunl0, as tcpdump on tunl0 expects) and the
+// half-way PathFastOut. It writes one map entry: packets in flight on the
+// other path still arrive.
+func (d *EBPF) SetPath(p Path) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return errors.New("tunnel datapath is closed: create a new one with tunnel.New")
 	}
-	d.observed = observed
+	if p > PathFastOut {
+		return fmt.Errorf("no such datapath path: %v", p)
+	}
+	d.path = p
 	if d.maps == nil {
 		return nil // the first Set writes it
 	}
@@ -612,21 +615,13 @@ func (d *EBPF) SetObserved(observed bool) error {
 	if err := d.maps.CalyxConfig.Lookup(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("reading the datapath configuration map: %w", err)
 	}
-	if cfg.Fast == fastFlag(observed) {
+	if Path(cfg.Fast) == p {
 		return nil
 	}
-	cfg.Fast = fastFlag(observed)
+	cfg.Fast = uint8(p)
 	if err := d.maps.CalyxConfig.Put(uint32(0), cfg); err != nil {
 		return fmt.Errorf("writing the datapath configuration map: %w", err)
 	}
-	d.log.Info("datapath mode", "fast", !observed)
+	d.log.Info("datapath path", "path", p)
 	return nil
-}
-
-// fastFlag is config.fast for a datapath that is observed or not.
-func fastFlag(observed bool) uint8 {
-	if observed {
-		return 0
-	}
-	return 1
 }

@@ -42,21 +42,24 @@ func startLab(t *testing.T) (l *lab, server, client *labNode) {
 }
 
 func TestEBPFCarriesPodTraffic(t *testing.T) {
-	for _, mode := range []struct {
-		name string
-		fast bool
-	}{{"observable", false}, {"fast", true}} {
-		t.Run(mode.name, func(t *testing.T) { carriesPodTraffic(t, mode.fast) })
+	for _, p := range []Path{PathObservable, PathFast, PathFastOut} {
+		t.Run(p.String(), func(t *testing.T) { carriesPodTraffic(t, p) })
 	}
 }
 
 // carriesPodTraffic: pings, TCP and bulk TCP between pods of two nodes, as
 // the kernel's ipip would put them on the wire; tunl0 shows the inner
-// packets in the observable mode and nothing in the fast one.
-func carriesPodTraffic(t *testing.T, fast bool) {
+// packets both ways in the observable mode, none in the fast one, and the
+// arriving ones only when only the way out is fast. That half-way path is
+// for a strict rp_filter, so its nodes run with one.
+func carriesPodTraffic(t *testing.T, path Path) {
 	l, server, client := startLab(t)
 	for _, n := range l.nodes {
-		must(t, n.dp.(*EBPF).SetObserved(!fast), n.name+": SetObserved")
+		must(t, n.dp.(*EBPF).SetPath(path), n.name+": SetPath")
+		if path == PathFastOut {
+			n.ns.Sysctl(t, "net/ipv4/conf/all/rp_filter", "1")
+			n.ns.Sysctl(t, "net/ipv4/conf/ens160/rp_filter", "1")
+		}
 	}
 
 	nic := startCapture(t, server.ns, "ens160")
@@ -133,11 +136,19 @@ func carriesPodTraffic(t *testing.T, fast bool) {
 			tout++
 		}
 	}
-	if !fast && (tin == 0 || tout == 0) {
-		t.Errorf("capture on tunl0: %d inner packets in and %d out, want both", tin, tout)
-	}
-	if fast && len(tunFrames) > 0 {
-		t.Errorf("fast mode: tunl0 showed %d packets, want none (the packets crossed its device passes)", len(tunFrames))
+	switch path {
+	case PathObservable:
+		if tin == 0 || tout == 0 {
+			t.Errorf("capture on tunl0: %d inner packets in and %d out, want both", tin, tout)
+		}
+	case PathFast:
+		if len(tunFrames) > 0 {
+			t.Errorf("fast mode: tunl0 showed %d packets, want none (the packets crossed its device passes)", len(tunFrames))
+		}
+	case PathFastOut:
+		if tin == 0 || tout != 0 {
+			t.Errorf("fast out only: tunl0 showed %d inner packets in and %d out, want arriving ones only", tin, tout)
+		}
 	}
 	t.Logf("server NIC: %d IPIP in, %d out; tunl0: %d in, %d out", in, out, tin, tout)
 
@@ -151,8 +162,8 @@ func carriesPodTraffic(t *testing.T, fast bool) {
 		if s.TxDrops != 0 || s.RxDrops != 0 || s.RxErrors != 0 {
 			t.Errorf("%s: drops or errors on good traffic: %+v", n.name, s)
 		}
-		if s.Fast != fast {
-			t.Errorf("%s: Stats says fast %v, want %v", n.name, s.Fast, fast)
+		if s.Path != path {
+			t.Errorf("%s: Stats says path %v, want %v", n.name, s.Path, path)
 		}
 	}
 }
@@ -195,7 +206,7 @@ func TestEBPFBulkTCPOnANICWithoutIPIPOffload(t *testing.T) {
 func bulkWithoutOffload(t *testing.T, fast bool) {
 	l, server, client := startLab(t)
 	for _, n := range l.nodes {
-		must(t, n.dp.(*EBPF).SetObserved(!fast), n.name+": SetObserved")
+		must(t, n.dp.(*EBPF).SetPath(map[bool]Path{false: PathObservable, true: PathFast}[fast]), n.name+": SetPath")
 	}
 	must(t, client.nl.LinkSetGSOMaxSize(linkByName(t, client.nl, "ens160"), labMTU), "limiting GSO on the client's NIC")
 	nic := startCapture(t, server.ns, "ens160")
@@ -821,9 +832,10 @@ func udpErrors(t *testing.T, ns *testnet.NS) string {
 	return out
 }
 
-// A switch between the modes, as when tcpdump starts or stops on tunl0,
-// under a steady UDP stream whose every packet is numbered: none may be
-// lost. Packets still crossing the pair when the fast path takes over can
+// A switch between the modes, as when tcpdump starts or stops on tunl0 (or
+// rp_filter turns strict), under a steady UDP stream whose every packet is
+// numbered: none may be lost. The switches go every way between the three
+// paths. Packets still crossing the pair when the fast path takes over can
 // be overtaken; the test counts those and logs them.
 func TestEBPFModeSwitchLosesNothing(t *testing.T) {
 	l, server, client := startLab(t)
@@ -859,10 +871,12 @@ func TestEBPFModeSwitchLosesNothing(t *testing.T) {
 		var switchTimes []time.Duration
 		defer func() { switched <- switchTimes }()
 		time.Sleep(100 * time.Millisecond)
+		// From the observable start: to fast, and every other transition.
+		order := []Path{PathFast, PathFastOut, PathObservable, PathFastOut, PathFast, PathObservable}
 		for i := range switches {
 			begin := time.Now()
 			for _, n := range l.nodes {
-				if err := n.dp.(*EBPF).SetObserved(i%2 == 1); err != nil {
+				if err := n.dp.(*EBPF).SetPath(order[i%len(order)]); err != nil {
 					t.Error(err)
 				}
 			}

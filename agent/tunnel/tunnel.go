@@ -11,7 +11,11 @@
 // programs.
 package tunnel
 
-import "github.com/calyx-net/calyx/agent/desired"
+import (
+	"fmt"
+
+	"github.com/calyx-net/calyx/agent/desired"
+)
 
 // Mode is the datapath behind tunl0.
 type Mode string
@@ -37,9 +41,37 @@ type Stats struct {
 	// outer fragments, a bad outer header, or a congestion mark on a
 	// packet that cannot carry it (eBPF; the kernel device's rx_errors).
 	RxErrors uint64
-	// Fast says the eBPF programs skip tunl0's device passes (and its
-	// capture point) because nothing captures on tunl0; see SetObserved.
-	Fast bool
+	// Path says which of tunl0's device passes the eBPF programs skip; see
+	// SetPath.
+	Path Path
+}
+
+// Path is the way the eBPF programs carry packets past tunl0. Its values
+// are the programs' config.fast.
+type Path uint8
+
+const (
+	// PathObservable: every packet crosses tunl0 both ways, as with the
+	// kernel's ipip device, so that a capture on tunl0 sees it.
+	PathObservable Path = 0
+	// PathFast: no packet crosses tunl0; nothing captures there.
+	PathFast Path = 1
+	// PathFastOut: leaving packets skip tunl0, arriving ones cross it,
+	// because a strict rp_filter on the NIC would drop them there (their
+	// sources are routed via tunl0).
+	PathFastOut Path = 2
+)
+
+func (p Path) String() string {
+	switch p {
+	case PathObservable:
+		return "observable"
+	case PathFast:
+		return "fast"
+	case PathFastOut:
+		return "fast out only"
+	}
+	return fmt.Sprintf("path(%d)", uint8(p))
 }
 
 // Datapath is one implementation of tunl0.

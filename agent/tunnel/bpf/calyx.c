@@ -5,7 +5,7 @@
  * wire format so that a node running this and a node running the kernel's
  * ipip device talk to each other.
  *
- * Two modes, switched by the agent through config.fast:
+ * Two modes, switched by the agent through config.fast, and a half-way one:
  *
  * Observable (fast == 0), while a packet socket (tcpdump) is open on tunl0
  * or on every device: calyx_encap runs at tc ingress of tunl0-encap, the
@@ -25,7 +25,13 @@
  * device pass each way (a veth transmit and a backlog queue), and with it
  * tunl0's capture point.
  *
- * In both modes IPIP from anyone but a cluster node is dropped and counted,
+ * Fast out only (fast == 2), when nobody is looking but rp_filter is strict
+ * on the NIC: calyx_encap_fast as in the fast mode, calyx_decap as in the
+ * observable one. A strict reverse-path check would drop the decapsulated
+ * packet on the NIC, since its source is routed via tunl0; entering tunl0,
+ * it passes.
+ *
+ * In every mode IPIP from anyone but a cluster node is dropped and counted,
  * and everything else passes untouched.
  *
  * The Go side (agent/tunnel/ebpf.go) creates tunl0, loads these programs,
@@ -78,9 +84,12 @@ struct config {
 	__u32 nic_ifindex;   /* underlay NIC: where encapsulated packets leave */
 	__u32 tunl0_ifindex; /* where decapsulated packets enter */
 	__u8 tunl0_mac[ETH_ALEN];
-	__u8 fast; /* 1: nobody captures on tunl0, skip its device passes */
+	__u8 fast; /* FAST_BOTH: nobody captures on tunl0, skip its device passes; FAST_OUT: on the way out only */
 	__u8 pad;
 };
+
+#define FAST_BOTH 1
+#define FAST_OUT 2
 
 struct lpm_key {
 	__u32 prefixlen;
@@ -269,9 +278,9 @@ int calyx_encap(struct __sk_buff *skb)
 	return encap(skb, c, cfg);
 }
 
-/* At tc egress of tunl0: in the fast mode the packet is encapsulated here,
- * after the forwarding path and netfilter's POSTROUTING, and never crosses
- * the pair; in the observable mode it goes on to the pair, where tcpdump's
+/* At tc egress of tunl0: in the fast modes (both ways, or out only) the
+ * packet is encapsulated here, after the forwarding path and netfilter's
+ * POSTROUTING, and never crosses the pair; in the observable mode it goes on to the pair, where tcpdump's
  * tap on tunl0 sees it, and calyx_encap takes it on the other side. */
 SEC("tc")
 int calyx_encap_fast(struct __sk_buff *skb)
@@ -393,7 +402,7 @@ int calyx_decap(struct __sk_buff *skb)
 	 * Ethernet header still names this node), to PREROUTING, the routing
 	 * decision and FORWARD, as it would after entering tunl0; only the
 	 * device it came in on says the NIC instead of tunl0. */
-	if (cfg->fast)
+	if (cfg->fast == FAST_BOTH)
 		return TC_ACT_OK;
 
 	/* tunl0 takes the frame only if it is addressed to tunl0's MAC
