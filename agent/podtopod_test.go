@@ -167,16 +167,16 @@ func TestPodToPod(t *testing.T) {
 		node := nodes["learn-k8s-3"]
 		node.Sysctl(t, "net/ipv4/conf/all/rp_filter", "1")
 		eventually(t, 2*time.Second, "fast out only under a strict rp_filter", func() error {
-			if err := fastMode(t, url, "0")(); err != nil {
+			if err := fastMode(t, url, "1")(); err != nil {
 				return err
 			}
-			return gaugeIs(t, url, "calyx_datapath_fast_transmit", "1")()
+			return gaugeIs(t, url, "calyx_datapath_fast_receive", "0")()
 		})
 		if got := client.NS.Ping(t, netip.MustParseAddr(server.IP), 2); got != 2 {
 			t.Errorf("ping under a strict rp_filter: %d of 2 answered", got)
 		}
 		node.Sysctl(t, "net/ipv4/conf/all/rp_filter", "2")
-		eventually(t, 2*time.Second, "the fast mode under a loose rp_filter", fastMode(t, url, "1"))
+		eventually(t, 2*time.Second, "the fast mode both ways under a loose rp_filter", gaugeIs(t, url, "calyx_datapath_fast_receive", "1"))
 		if got := client.NS.Ping(t, netip.MustParseAddr(server.IP), 2); got != 2 {
 			t.Errorf("ping under a loose rp_filter in the fast mode: %d of 2 answered", got)
 		}

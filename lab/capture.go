@@ -76,9 +76,22 @@ func StartCapture(netnsName, iface string) (*Capture, error) {
 // miss what the fast mode carries past tunl0. The kernel's ipip datapath
 // has no fast mode: it is always observable.
 func WaitFastMode(node string, fast bool, within time.Duration) error {
+	want := map[bool]string{true: "fast", false: "observable"}[fast]
+	return waitGauge(node, "calyx_datapath_fast_mode", fast, want+" mode", within)
+}
+
+// WaitFastReceive waits until the agent on node reports arriving packets
+// skipping tunl0 too (fast), or crossing it: in the fast mode, a strict
+// rp_filter on the NIC keeps them on tunl0.
+func WaitFastReceive(node string, fast bool, within time.Duration) error {
+	want := map[bool]string{true: "fast mode both ways", false: "observable mode for arriving packets"}[fast]
+	return waitGauge(node, "calyx_datapath_fast_receive", fast, want, within)
+}
+
+// waitGauge waits until the agent on node reports gauge at 1 (on) or not.
+func waitGauge(node, gauge string, on bool, want string, within time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
-	want := map[bool]string{true: "fast", false: "observable"}[fast]
 	last := "no answer"
 	for {
 		m, err := AgentMetrics(ctx, node)
@@ -87,14 +100,14 @@ func WaitFastMode(node string, fast bool, within time.Duration) error {
 			last = err.Error()
 		case !strings.Contains(m, "calyx_datapath_info"):
 			last = "no datapath yet"
-		case slices.Contains(strings.Split(m, "\n"), "calyx_datapath_fast_mode 1") == fast:
+		case slices.Contains(strings.Split(m, "\n"), gauge+" 1") == on:
 			return nil
 		default:
-			last = "the other mode"
+			last = "another mode"
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the agent did not put the datapath in the %s mode within %s (%s): is calyx-node running on %s?", want, within, last, node)
+			return fmt.Errorf("the agent did not put the datapath in the %s within %s (%s): is calyx-node running on %s?", want, within, last, node)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

@@ -135,8 +135,8 @@ var (
 	dpBytes   = prometheus.NewDesc("calyx_datapath_bytes_total", "Bytes encapsulated (tx) and decapsulated (rx) by the datapath.", []string{"direction"}, nil)
 	dpDrops   = prometheus.NewDesc("calyx_datapath_drops_total", "Packets dropped: tx without a peer or failed encapsulation, rx IPIP from an address that is not a node.", []string{"direction"}, nil)
 	dpRxErrs  = prometheus.NewDesc("calyx_datapath_rx_errors_total", "IPIP packets from a node that could not be delivered (outer fragments, a bad outer header).", nil, nil)
-	dpFast    = prometheus.NewDesc("calyx_datapath_fast_mode", "Whether the eBPF datapath skips tunl0's device passes both ways because nothing captures on tunl0 (1), or makes some or every packet cross tunl0 (0).", nil, nil)
-	dpFastOut = prometheus.NewDesc("calyx_datapath_fast_transmit", "Whether the eBPF datapath's leaving packets skip tunl0's device pass (1): in the fast mode, and while only a strict rp_filter on the NIC keeps arriving packets on tunl0.", nil, nil)
+	dpFast    = prometheus.NewDesc("calyx_datapath_fast_mode", "Whether the eBPF datapath skips tunl0's device passes because nothing captures on tunl0 (1), or makes every packet cross tunl0 (0).", nil, nil)
+	dpFastIn  = prometheus.NewDesc("calyx_datapath_fast_receive", "Whether arriving packets skip tunl0's device pass too (1), or cross it (0): in the fast mode, a strict rp_filter on the NIC keeps them on tunl0.", nil, nil)
 	dpErrors  = prometheus.NewDesc("calyx_datapath_stats_errors_total", "Scrapes that could not read the datapath counters.", nil, nil)
 	fwPackets = prometheus.NewDesc("calyx_firewall_rule_packets_total", "Packets matched by each rule of the nftables table ip calyx.", []string{"rule"}, nil)
 	fwBytes   = prometheus.NewDesc("calyx_firewall_rule_bytes_total", "Bytes matched by each rule of the nftables table ip calyx.", []string{"rule"}, nil)
@@ -149,7 +149,7 @@ type kernelCounters struct {
 }
 
 func (k *kernelCounters) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{dpInfo, dpPackets, dpBytes, dpDrops, dpRxErrs, dpFast, dpFastOut, dpErrors, fwPackets, fwBytes} {
+	for _, d := range []*prometheus.Desc{dpInfo, dpPackets, dpBytes, dpDrops, dpRxErrs, dpFast, dpFastIn, dpErrors, fwPackets, fwBytes} {
 		ch <- d
 	}
 }
@@ -172,8 +172,8 @@ func (k *kernelCounters) Collect(ch chan<- prometheus.Metric) {
 				}
 				ch <- prometheus.MustNewConstMetric(dpRxErrs, prometheus.CounterValue, float64(s.RxErrors))
 				if dp.Mode() == tunnel.ModeEBPF {
-					ch <- prometheus.MustNewConstMetric(dpFast, prometheus.GaugeValue, gauge(s.Path == tunnel.PathFast))
-					ch <- prometheus.MustNewConstMetric(dpFastOut, prometheus.GaugeValue, gauge(s.Path == tunnel.PathFast || s.Path == tunnel.PathFastOut))
+					ch <- prometheus.MustNewConstMetric(dpFast, prometheus.GaugeValue, gauge(s.Path != tunnel.PathObservable))
+					ch <- prometheus.MustNewConstMetric(dpFastIn, prometheus.GaugeValue, gauge(s.Path == tunnel.PathFast))
 				}
 			} else {
 				k.dpFailed.Add(1)

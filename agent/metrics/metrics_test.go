@@ -59,7 +59,7 @@ func TestKernelCounters(t *testing.T) {
 		`calyx_datapath_drops_total{direction="rx"} 3`,
 		`calyx_datapath_drops_total{direction="tx"} 1`,
 		`calyx_datapath_fast_mode 1`,
-		`calyx_datapath_fast_transmit 1`,
+		`calyx_datapath_fast_receive 1`,
 		`calyx_datapath_info{mode="ebpf"} 1`,
 		`calyx_datapath_packets_total{direction="rx"} 9`,
 		`calyx_datapath_packets_total{direction="tx"} 10`,
@@ -72,7 +72,7 @@ func TestKernelCounters(t *testing.T) {
 		t.Errorf("with a datapath (-want +got):\n%s", diff)
 	}
 
-	// Fast on the way out only: not the fast mode, yet fast transmit.
+	// Fast on the way out only: the fast mode, arriving packets on tunl0.
 	dp = statsOnly{s: tunnel.Stats{Path: tunnel.PathFastOut}}
 	fast := func(lines []string) (out []string) {
 		for _, l := range lines {
@@ -82,7 +82,7 @@ func TestKernelCounters(t *testing.T) {
 		}
 		return out
 	}
-	if diff := cmp.Diff([]string{`calyx_datapath_fast_mode 0`, `calyx_datapath_fast_transmit 1`}, fast(filterHelp(scrape(t, m)))); diff != "" {
+	if diff := cmp.Diff([]string{`calyx_datapath_fast_mode 1`, `calyx_datapath_fast_receive 0`}, fast(filterHelp(scrape(t, m)))); diff != "" {
 		t.Errorf("fast out only (-want +got):\n%s", diff)
 	}
 
