@@ -93,6 +93,9 @@ type EBPF struct {
 	// path is the way SetPath last chose. Until told otherwise, every
 	// packet crosses tunl0 (PathObservable, the zero value).
 	path Path
+	// attached says this build's programs are on every hook (a Set went
+	// through): until then, adopted maps may still serve an older build's.
+	attached bool
 }
 
 var _ Datapath = (*EBPF)(nil)
@@ -184,7 +187,7 @@ func (d *EBPF) Set(cfg desired.TunnelConfig) error {
 		return fmt.Errorf("%s has no Ethernet address (%v): delete it (ip link del %s) and let the agent recreate it", DeviceName, tunMAC, DeviceName)
 	}
 	want := configValue(cfg.UnderlayIP, nic.Attrs().Index, tun.Attrs().Index, tunMAC)
-	want.Fast = uint8(d.path)
+	want.Fast = d.fastValue()
 	if err := d.syncConfig(want); err != nil {
 		return err
 	}
@@ -204,6 +207,15 @@ func (d *EBPF) Set(cfg desired.TunnelConfig) error {
 	if err := d.attach(nic, netlink.HANDLE_MIN_INGRESS, decapFilterPrefix); err != nil {
 		return err
 	}
+	if !d.attached {
+		d.attached = true
+		if want.Fast != d.fastValue() {
+			want.Fast = d.fastValue()
+			if err := d.syncConfig(want); err != nil {
+				return err
+			}
+		}
+	}
 	if !d.swept || d.nic != cfg.UnderlayIface {
 		if err := sweepDecap(d.h, d.log, nic.Attrs().Index); err != nil {
 			return err
@@ -211,6 +223,17 @@ func (d *EBPF) Set(cfg desired.TunnelConfig) error {
 		d.swept, d.nic = true, cfg.UnderlayIface
 	}
 	return nil
+}
+
+// fastValue is config.fast for d.path. Programs of an older build, still
+// attached to maps this agent adopted until its first Set replaces them,
+// read any value but 0 as fast both ways: PathFastOut is written only once
+// this build's programs are in, and is observable until then.
+func (d *EBPF) fastValue() uint8 {
+	if d.path == PathFastOut && !d.attached {
+		return uint8(PathObservable)
+	}
+	return uint8(d.path)
 }
 
 // ensureDevices creates or adopts the tunl0/tunl0-encap pair and gives it
@@ -615,10 +638,10 @@ func (d *EBPF) SetPath(p Path) error {
 	if err := d.maps.CalyxConfig.Lookup(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("reading the datapath configuration map: %w", err)
 	}
-	if Path(cfg.Fast) == p {
+	if cfg.Fast == d.fastValue() {
 		return nil
 	}
-	cfg.Fast = uint8(p)
+	cfg.Fast = d.fastValue()
 	if err := d.maps.CalyxConfig.Put(uint32(0), cfg); err != nil {
 		return fmt.Errorf("writing the datapath configuration map: %w", err)
 	}

@@ -917,3 +917,25 @@ func TestEBPFModeSwitchLosesNothing(t *testing.T) {
 		t.Errorf("%d of %d packets lost across %d mode switches", total-got, total, switches)
 	}
 }
+
+// A path chosen before the first Set (the agent's watcher may run first)
+// is the one in force after it. PathFastOut goes in only once this build's
+// programs are attached, since an older build's would read it as fast both
+// ways: the Set that attaches them must write it afterwards.
+func TestEBPFPathChosenBeforeFirstSet(t *testing.T) {
+	l := newLab(t)
+	n := l.nodes[0]
+	dp, _, err := New(SelectEBPF, Options{NetNS: n.ns.Handle, Logger: testLogger(t).With("node", n.name)})
+	must(t, err, "tunnel.New")
+	t.Cleanup(func() { dp.Close() })
+	must(t, dp.(*EBPF).SetPath(PathFastOut), "SetPath before Set")
+	must(t, dp.Set(n.config()), "Set")
+	s, err := dp.Stats()
+	must(t, err, "Stats")
+	if s.Path != PathFastOut {
+		t.Errorf("after the first Set the datapath's path is %v, want %v", s.Path, PathFastOut)
+	}
+	if err := dp.(*EBPF).SetPath(Path(3)); err == nil {
+		t.Error("SetPath(3) was taken; want an error")
+	}
+}
