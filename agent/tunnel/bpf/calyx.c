@@ -280,8 +280,9 @@ int calyx_encap(struct __sk_buff *skb)
 
 /* At tc egress of tunl0: in the fast modes (both ways, or out only) the
  * packet is encapsulated here, after the forwarding path and netfilter's
- * POSTROUTING, and never crosses the pair; in the observable mode it goes on to the pair, where tcpdump's
- * tap on tunl0 sees it, and calyx_encap takes it on the other side. */
+ * POSTROUTING, and never crosses the pair; in the observable mode it goes
+ * on to the pair, where tcpdump's tap on tunl0 sees it, and calyx_encap
+ * takes it on the other side. */
 SEC("tc")
 int calyx_encap_fast(struct __sk_buff *skb)
 {
